@@ -1,0 +1,203 @@
+"""The Grok-1 style transformer of Phoenix, with candidate-isolation attention.
+
+Sequence layout: [user (1) | history (S) | candidates (C)]; the first P = 1 + S positions are the
+"prefix". Candidate isolation: a candidate attends to the prefix and to itself, never to another
+candidate; nothing in the prefix attends to a candidate.
+
+Two attention implementations compute the same thing:
+- `dense`: the T x T mask, as upstream (cost grows with C^2);
+- `isolated`: prefix queries attend over prefix keys, each candidate attends over prefix keys plus
+  its own key; the C x C block is never built (cost grows linearly with C).
+Weights are stored in Haiku layout ([in, out], y = x @ w) so upstream parameters load as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TransformerConfig
+
+MASK_VALUE = -1e30   # upstream's value for masked attention logits
+LOGIT_CAP = 30.0     # soft cap: 30 * tanh(x / 30)
+
+
+def linear_param(fan_in: int, fan_out: int) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(fan_in, fan_out))
+
+
+class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * scale, computed in float32, returned in the input dtype."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.scale = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * self.scale.float()).to(x.dtype)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary embedding, half-split ("rotate_half"). x [B, T, H, K], positions [B, T] (float32 math)."""
+    k = x.shape[-1]
+    inv_freq = 1.0 / base ** (torch.arange(0, k, 2, dtype=torch.float32, device=x.device) / k)
+    phase = positions.float()[..., None] * inv_freq              # [B, T, K/2]
+    phase = torch.cat([phase, phase], dim=-1)[:, :, None, :]     # [B, T, 1, K]
+    x1, x2 = x.float().chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x.float() * phase.cos() + rotated * phase.sin()).to(x.dtype)
+
+
+def prefix_mask(prefix_len: int, causal: bool, device=None) -> torch.Tensor:
+    """[P, P] bool: who in the user+history block may attend to whom."""
+    ones = torch.ones(prefix_len, prefix_len, dtype=torch.bool, device=device)
+    return torch.tril(ones) if causal else ones
+
+
+def isolation_mask(prefix_len: int, num_candidates: int, causal: bool = True, device=None) -> torch.Tensor:
+    """[T, T] bool (True = may attend), before the key-padding mask. For [u, h1, h2, c1, c2, c3]
+    (causal): u=100000, h1=110000, h2=111000, c1=111100, c2=111010, c3=111001."""
+    t = prefix_len + num_candidates
+    mask = torch.zeros(t, t, dtype=torch.bool, device=device)
+    mask[:prefix_len, :prefix_len] = prefix_mask(prefix_len, causal, device)
+    mask[prefix_len:, :prefix_len] = True
+    idx = torch.arange(prefix_len, t, device=device)
+    mask[idx, idx] = True
+    return mask
+
+
+def _capped(logits: torch.Tensor, multiplier: float) -> torch.Tensor:
+    logits = logits.float() * multiplier
+    return LOGIT_CAP * torch.tanh(logits / LOGIT_CAP)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d, k = cfg.emb_size, cfg.key_size
+        self.num_q_heads, self.num_kv_heads, self.key_size = cfg.num_q_heads, cfg.num_kv_heads, k
+        self.multiplier = cfg.attn_output_multiplier
+        self.query = linear_param(d, cfg.num_q_heads * k)
+        self.key = linear_param(d, cfg.num_kv_heads * k)
+        self.value = linear_param(d, cfg.num_kv_heads * k)
+        self.linear = linear_param(cfg.num_q_heads * k, d)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
+                causal: bool, impl: str) -> torch.Tensor:
+        b, t, _ = x.shape
+        hkv, g, k = self.num_kv_heads, self.num_q_heads // self.num_kv_heads, self.key_size
+        dt = x.dtype
+        q = rope((x @ self.query.to(dt)).view(b, t, self.num_q_heads, k), positions)
+        kk = rope((x @ self.key.to(dt)).view(b, t, hkv, k), positions)
+        v = (x @ self.value.to(dt)).view(b, t, hkv, k)
+        # query head h uses kv head h // g: group the q heads as [hkv, g]
+        q = q.view(b, t, hkv, g, k).permute(0, 2, 3, 1, 4)     # [B, Hkv, G, T, K]
+        kk = kk.permute(0, 2, 1, 3)[:, :, None]                 # [B, Hkv, 1, T, K]
+        v = v.permute(0, 2, 1, 3)[:, :, None]                   # [B, Hkv, 1, T, K]
+        if impl == "dense" or t == prefix_len:
+            out = self._dense(q, kk, v, key_valid, prefix_len, causal)
+        else:
+            out = self._isolated(q, kk, v, key_valid, prefix_len, causal)
+        out = out.permute(0, 3, 1, 2, 4).reshape(b, t, self.num_q_heads * k)
+        return out @ self.linear.to(dt)
+
+    def _dense(self, q, k, v, key_valid, prefix_len, causal):
+        t = q.shape[-2]
+        mask = isolation_mask(prefix_len, t - prefix_len, causal, q.device)[None] & key_valid[:, None, :]
+        logits = _capped(q @ k.transpose(-1, -2), self.multiplier)           # [B, Hkv, G, T, T]
+        logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
+        return torch.softmax(logits, dim=-1).to(v.dtype) @ v
+
+    def _isolated(self, q, k, v, key_valid, prefix_len, causal):
+        p = prefix_len
+        qp, qc = q[..., :p, :], q[..., p:, :]
+        kp, kc = k[..., :p, :], k[..., p:, :]
+        vp, vc = v[..., :p, :], v[..., p:, :]
+        valid_p, valid_c = key_valid[:, :p], key_valid[:, p:]
+        # prefix queries over prefix keys
+        mask_p = prefix_mask(p, causal, q.device)[None] & valid_p[:, None, :]
+        logits = _capped(qp @ kp.transpose(-1, -2), self.multiplier)
+        logits = logits.masked_fill(~mask_p[:, None, None], MASK_VALUE)
+        out_p = torch.softmax(logits, dim=-1).to(v.dtype) @ vp
+        # candidate queries over [prefix keys | own key]
+        to_prefix = _capped(qc @ kp.transpose(-1, -2), self.multiplier)      # [B, Hkv, G, C, P]
+        to_prefix = to_prefix.masked_fill(~valid_p[:, None, None, None, :], MASK_VALUE)
+        to_self = _capped((qc * kc).sum(-1, keepdim=True), self.multiplier)  # [B, Hkv, G, C, 1]
+        to_self = to_self.masked_fill(~valid_c[:, None, None, :, None], MASK_VALUE)
+        w = torch.softmax(torch.cat([to_prefix, to_self], dim=-1), dim=-1).to(v.dtype)
+        out_c = w[..., :p] @ vp + w[..., p:] * vc
+        return torch.cat([out_p, out_c], dim=-2)
+
+
+class FeedForward(nn.Module):
+    """linear_1(gelu_tanh(x @ linear) * (x @ linear_v))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d, f = cfg.emb_size, cfg.ffn_size
+        self.linear = linear_param(d, f)
+        self.linear_v = linear_param(d, f)
+        self.linear_1 = linear_param(f, d)
+
+    def forward(self, x):
+        dt = x.dtype
+        gate = F.gelu(x @ self.linear.to(dt), approximate="tanh")
+        return (gate * (x @ self.linear_v.to(dt))) @ self.linear_1.to(dt)
+
+
+class DecoderLayer(nn.Module):
+    """h += norm_1(attn(norm(h))); h += norm_3(ffn(norm_2(h)))."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d = cfg.emb_size
+        self.rms_norm, self.rms_norm_1 = RMSNorm(d), RMSNorm(d)
+        self.rms_norm_2, self.rms_norm_3 = RMSNorm(d), RMSNorm(d)
+        self.attn = Attention(cfg)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, h, positions, key_valid, prefix_len, causal, impl):
+        h = h + self.rms_norm_1(self.attn(self.rms_norm(h), positions, key_valid, prefix_len, causal, impl))
+        return h + self.rms_norm_3(self.ffn(self.rms_norm_2(h)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+
+    def forward(self, h: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
+                causal: bool = True, impl: str = "isolated") -> torch.Tensor:
+        """h [B, T, D] in the forward dtype; positions [B, T]; key_valid [B, T] bool; the first
+        prefix_len positions are user+history, the rest candidates."""
+        for layer in self.layers:
+            h = layer(h, positions, key_valid, prefix_len, causal, impl)
+        return h
+
+
+def default_positions(batch_size: int, length: int, device=None) -> torch.Tensor:
+    return torch.arange(length, device=device).expand(batch_size, length)
+
+
+def right_anchored_positions(history_valid: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+    """[B, 1+S+C]: user at 0, each valid history item at S - (number of valid items after it) (the newest
+    at S), every valid candidate at 1+S, padded history and padded candidates at 0."""
+    b, s = history_valid.shape
+    valid = history_valid.long()
+    after = valid.flip(-1).cumsum(-1).flip(-1) - valid            # valid items after each position
+    hist = torch.where(history_valid, s - after, torch.zeros_like(after))
+    user = torch.zeros(b, 1, dtype=hist.dtype, device=hist.device)
+    cand = torch.where(candidate_valid, s + 1, 0).to(hist.dtype)
+    return torch.cat([user, hist, cand], dim=1)
+
+
+def init_normal_(param: torch.Tensor, generator: torch.Generator, fan_in: int | None = None, scale: float = 1.0):
+    """Seeded truncated-free normal init with std scale/sqrt(fan_in) (demo weights, not upstream's zeros)."""
+    fan_in = fan_in or param.shape[0]
+    with torch.no_grad():
+        param.copy_(torch.randn(param.shape, generator=generator) * (scale / math.sqrt(fan_in)))
