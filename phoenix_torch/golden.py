@@ -52,30 +52,30 @@ def _tensors(z, prefix: str, fields) -> dict[str, torch.Tensor]:
     return {f: torch.from_numpy(np.asarray(z[f"{prefix}/{f}"])) for f in fields}
 
 
-def run_case(path) -> list[tuple[str, str, float, float]]:
+def run_case(path, device: str = "cpu") -> list[tuple[str, str, float, float]]:
     """-> rows (attention impl, output name, max abs error, tolerance) for one golden file."""
     with np.load(path, allow_pickle=False) as npz:
         z = {k: npz[k] for k in npz.files}
     cfg_json = json.loads(str(z["config_json"]))
     tol = TOLERANCE[cfg_json["fprop_dtype"]]
-    batch = RecsysBatch(**_tensors(z, "batch", RecsysBatch._fields))
-    emb = RecsysEmbeddings(**_tensors(z, "emb", RecsysEmbeddings._fields))
+    batch = RecsysBatch(**{k: v.to(device) for k, v in _tensors(z, "batch", RecsysBatch._fields).items()})
+    emb = RecsysEmbeddings(**{k: v.to(device) for k, v in _tensors(z, "emb", RecsysEmbeddings._fields).items()})
     rows = []
     for impl in ATTENTION_IMPLS:
         cfg = config_from_json(cfg_json, impl)
         model_cls = PhoenixModel if cfg_json["kind"] == "ranker" else PhoenixRetrievalModel
-        model = load_upstream_params(model_cls(cfg), z).eval()
+        model = load_upstream_params(model_cls(cfg), z).to(device).eval()
         with torch.no_grad():
             if cfg_json["kind"] == "ranker":
                 logits = model(batch, emb)
                 outs = {"logits": logits, "probs": torch.sigmoid(logits)}
             else:
-                user, idx, scores = model(batch, emb, torch.from_numpy(z["batch/corpus"]), cfg.top_k)
+                user, idx, scores = model(batch, emb, torch.from_numpy(z["batch/corpus"]).to(device), cfg.top_k)
                 outs = {"user_representation": user, "top_k_indices": idx.float(), "top_k_scores": scores,
                         "candidate_representation": model.candidate_representation(emb)}
         for name, got in outs.items():
             if f"out/{name}" in z:
-                want = torch.from_numpy(z[f"out/{name}"]).float()
+                want = torch.from_numpy(z[f"out/{name}"]).float().to(device)
                 if tuple(want.shape) != tuple(got.shape):
                     rows.append((impl, name, float("inf"), tol))
                     continue
@@ -88,12 +88,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phoenix_torch.golden", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="golden .npz files (config_json, param/, batch/, emb/, out/)")
+    parser.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu or cuda (default: cpu)")
     args = parser.parse_args(argv)
     failed = 0
     print(f"{'file':<32} {'attention':<9} {'output':<26} {'max abs err':>12} {'tolerance':>10}  result")
     for path in args.files:
         try:
-            rows = run_case(path)
+            rows = run_case(path, args.device)
         except Exception as e:  # a broken file is a failed case, reported with its reason
             print(f"{path.name:<32} ERROR: {type(e).__name__}: {e}")
             failed += 1
