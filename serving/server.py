@@ -1,0 +1,315 @@
+"""Launch a real Triton Inference Server on a model repository.
+
+    python -m serving.server --model-repository triton_repo
+
+Uses a `tritonserver` on PATH if there is one (NVIDIA's container), else the one bundled in the
+`nvidia-pytriton` wheel (Python backend only). For the bundled server this module prepares a backend
+folder with the Python-backend stub of the running Python version and sets LD_LIBRARY_PATH to the
+wheel's libraries and to this interpreter's libpython, so the stub embeds this very interpreter
+(numpy < 2, torch, ...).
+
+How Python-backend models find our packages: the stub ignores PYTHONPATH for its own sys.path (it
+initialises an isolated interpreter) but inherits the environment, so the launcher exports
+PYTHONPATH = project root + this interpreter's site-packages, and every committed model.py appends
+the PYTHONPATH entries to sys.path before importing `serving` / `export` (plus the `project_root`
+parameter the repository writer puts in each config.pbtxt). A system tritonserver started by hand
+works the same way with `PYTHONPATH=/path/to/project tritonserver --model-repository ...`.
+
+Python API (tests, benchmarks, quickstart):
+
+    with TritonServer("triton_repo") as server:      # free loopback ports, waits until ready
+        server.grpc_url, server.http_url, server.metrics_url
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not start; the message is one sentence plus the server's own error line."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something listens on host:port. Checked before starting, because tritonserver binds
+    with SO_REUSEPORT: a second server on the same port would start and share it silently."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _bundled_dist() -> Path:
+    try:
+        import pytriton
+    except ImportError:
+        raise ServerError("no tritonserver on PATH and the nvidia-pytriton wheel is not installed "
+                          "(pip install nvidia-pytriton)") from None
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def _bundled_backend_dir(dist: Path) -> Path:
+    """A backend folder with the Python backend and the stub of the running Python (made once)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerError(f"the bundled tritonserver has no Python-backend stub for Python {version} ({stub})")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "phoenix_serving"
+    target = cache / f"backends-py{version}-{hashlib.sha256(str(dist).encode()).hexdigest()[:12]}"
+    if not (target / "python" / "triton_python_backend_stub").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        shutil.copytree(dist / "backends" / "python", tmp / "python",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+        try:
+            tmp.rename(target)
+        except OSError:  # another process made it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
+                   host: str = "127.0.0.1", extra_args: list[str] | None = None) -> tuple[list[str], dict]:
+    """The tritonserver command line and environment (system binary if on PATH, else bundled)."""
+    env = dict(os.environ)
+    paths = [str(PROJECT_ROOT), *site.getsitepackages()]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        paths.append(site.getusersitepackages())
+    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    # the embedded interpreter finds its prefix through `python3` on PATH: put this interpreter's
+    # folder first so a virtual environment's site-packages (numpy < 2 ...) are the stub's too
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    system = shutil.which("tritonserver")
+    args = [f"--model-repository={model_repository}",
+            f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
+            f"--http-port={http_port}", f"--grpc-port={grpc_port}", f"--metrics-port={metrics_port}",
+            "--exit-timeout-secs=10", *(extra_args or [])]
+    if system:
+        return [system, *args], env
+    dist = _bundled_dist()
+    libs = [str(dist.parent.parent / "nvidia_pytriton.libs")]
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir and sysconfig.get_config_var("LDLIBRARY") and \
+            (Path(libdir) / sysconfig.get_config_var("LDLIBRARY")).exists():
+        libs.insert(0, libdir)  # the stub then embeds this interpreter, not the system libpython
+    libs += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    backend_dir = _bundled_backend_dir(dist)
+    return [str(dist / "bin" / "tritonserver"), f"--backend-directory={backend_dir}", *args], env
+
+
+FATAL = re.compile(r"failed to start \w+ service|failed to load all models|error: creating server", re.I)
+IGNORED = re.compile(r"NVML|DCGM|CudaDriverHelper|cuda|GPU", re.I)
+
+
+def explain_failure(log: str, ports: dict[str, int]) -> str:
+    """One clear sentence about why tritonserver stopped, with the server's own error line."""
+    # one line each; Triton escapes a Python traceback as literal "\n": keep only its first line
+    lines = [ln.strip().split("\\n")[0] for ln in log.splitlines() if ln.strip()]
+    for line in lines:
+        if re.search(r"failed to start \w+ service.*in use", line, re.I):
+            which = next((f"{k} port {v}" for k, v in ports.items() if f":{v}'" in line), "a port")
+            return f"tritonserver could not start: {which} is already in use. Server said: {line}"
+    for line in lines:
+        m = re.search(r"failed to load (?:model )?'([^']+)'", line)
+        if m:
+            return f"tritonserver could not start: model '{m.group(1)}' failed to load. Server said: {line}"
+    for line in lines:
+        if re.match(r"^E\d{4} ", line) or line.lower().startswith("error:"):
+            if IGNORED.search(line):
+                continue
+            return f"tritonserver could not start. Server said: {line}"
+    tail = lines[-1] if lines else "(no output)"
+    return f"tritonserver exited before it was ready. Last server line: {tail}"
+
+
+def _stop_with_parent():
+    """In the child: ask Linux to send SIGINT when the launching process dies (no orphaned servers)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class TritonServer:
+    """A tritonserver process on a model repository: start (free loopback ports), wait ready, stop."""
+
+    def __init__(self, model_repository, host: str = "127.0.0.1", http_port: int | None = None,
+                 grpc_port: int | None = None, metrics_port: int | None = None,
+                 startup_timeout: float = 300.0, extra_args: list[str] | None = None,
+                 log_path: str | Path | None = None, check_ports: bool = True):
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        self.ports = {"HTTP": http_port or free_port(host), "gRPC": grpc_port or free_port(host),
+                      "metrics": metrics_port or free_port(host)}
+        self.startup_timeout = startup_timeout
+        self.extra_args = extra_args
+        self.log_path = Path(log_path) if log_path else None
+        self.check_ports = check_ports  # False: let tritonserver itself report a taken port
+        self._temp_log = False
+        self.process: subprocess.Popen | None = None
+
+    http_url = property(lambda self: f"{self.host}:{self.ports['HTTP']}")
+    grpc_url = property(lambda self: f"{self.host}:{self.ports['gRPC']}")
+    metrics_url = property(lambda self: f"http://{self.host}:{self.ports['metrics']}/metrics")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def start(self) -> "TritonServer":
+        if not self.model_repository.is_dir():
+            raise ServerError(f"model repository {self.model_repository} does not exist "
+                              "(build it with `python -m export.build`)")
+        for name, port in self.ports.items():
+            if self.check_ports and port_in_use(self.host, port):
+                raise ServerError(f"tritonserver not started: {name} port {port} on {self.host} is already in use "
+                                  f"by another process (choose another --{name.lower()}-port, or 0 for any free one)")
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._temp_log = Path(name), True
+        cmd, env = server_command(self.model_repository, self.ports["HTTP"], self.ports["gRPC"],
+                                  self.ports["metrics"], self.host, self.extra_args)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True,
+                                            preexec_fn=_stop_with_parent)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self):
+        url = f"http://{self.http_url}/v2/health/ready"
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None or FATAL.search(self.log()):
+                # a port in use or a model that fails to load: the server logs it, then may linger
+                message = explain_failure(self.log(), self.ports)
+                self.stop(timeout=5)
+                raise ServerError(message)
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise ServerError(f"tritonserver was not ready after {self.startup_timeout:.0f} s; "
+                          f"see its log {self.log_path}. {explain_failure(self.log(), self.ports)}")
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, timeout: float = 30.0):
+        p, self.process = self.process, None
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, exc_type, *exc):
+        self.stop()
+        if self._temp_log and exc_type is None:  # keep the log of a failed run for reading
+            self.log_path.unlink(missing_ok=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="Start tritonserver on a Phoenix model repository (a system tritonserver if on "
+                    "PATH, else the one bundled in nvidia-pytriton), wait until every model is ready, "
+                    "print the URLs, and stop cleanly on Ctrl-C.")
+    ap.add_argument("--model-repository", default="triton_repo",
+                    help="model repository folder written by `python -m export.build` (default: triton_repo)")
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to bind HTTP, gRPC and metrics to (default: 127.0.0.1; 0.0.0.0 for all)")
+    ap.add_argument("--http-port", type=int, default=8000, help="HTTP/REST port (default: 8000; 0 = any free port)")
+    ap.add_argument("--grpc-port", type=int, default=8001, help="gRPC port (default: 8001; 0 = any free port)")
+    ap.add_argument("--metrics-port", type=int, default=8002,
+                    help="Prometheus metrics port (default: 8002; 0 = any free port)")
+    ap.add_argument("--startup-timeout", type=float, default=300.0,
+                    help="seconds to wait for every model to load and warm up (default: 300)")
+    ap.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
+    ap.add_argument("--verbose", action="store_true", help="also print the server log while it runs")
+    ap.add_argument("extra", nargs="*", help="extra tritonserver arguments, after `--` (e.g. -- --log-verbose=1)")
+    args = ap.parse_args(argv)
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops it as cleanly as Ctrl-C
+    signal.signal(signal.SIGINT, interrupt)   # also when started in the background (SIGINT ignored there)
+    server = TritonServer(args.model_repository, host=args.host, http_port=args.http_port or None,
+                          grpc_port=args.grpc_port or None, metrics_port=args.metrics_port or None,
+                          startup_timeout=args.startup_timeout, extra_args=args.extra,
+                          log_path=args.log_file)
+    print(f"starting tritonserver on {server.model_repository} ...", flush=True)
+    t0 = time.monotonic()
+    try:
+        server.start()
+    except ServerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        server.stop()
+        return 130
+    print(f"ready in {time.monotonic() - t0:.1f} s\n  HTTP    {server.http_url}\n  gRPC    {server.grpc_url}\n"
+          f"  metrics {server.metrics_url}\n  log     {server.log_path}\nPress Ctrl-C to stop.", flush=True)
+    offset = 0
+    try:
+        while server.process.poll() is None:
+            if args.verbose:
+                text = server.log()
+                print(text[offset:], end="", flush=True)
+                offset = len(text)
+            time.sleep(0.5)
+        print(f"error: {explain_failure(server.log(), server.ports)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping tritonserver ...", flush=True)
+        server.stop()
+        print("stopped.")
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
