@@ -4,6 +4,7 @@ Hash value 0 is padding. Validity comes from the first hash only (user_hashes[:,
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -28,6 +29,27 @@ class RecsysEmbeddings(NamedTuple):
     candidate_post_embeddings: torch.Tensor    # [B, C, Hi, D]
     history_author_embeddings: torch.Tensor    # [B, S, Ha, D]
     candidate_author_embeddings: torch.Tensor  # [B, C, Ha, D]
+
+
+_input_checks = True
+
+
+@contextlib.contextmanager
+def skip_input_checks():
+    """Inside this block the models skip their host-side input checks (they read tensor values, which
+    syncs the device): for CUDA-graph capture of inputs already known to be valid."""
+    global _input_checks
+    saved, _input_checks = _input_checks, False
+    try:
+        yield
+    finally:
+        _input_checks = saved
+
+
+def should_check_inputs() -> bool:
+    """False while tracing/compiling/exporting (graphs carry their own checks) or inside skip_input_checks()."""
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    return _input_checks and not tracing
 
 
 BATCH_FIELDS: tuple[str, ...] = RecsysBatch._fields

@@ -10,7 +10,7 @@ from torch import nn
 
 from .config import PhoenixModelConfig
 from .embeddings import HashEmbeddingTables
-from .inputs import RecsysBatch, RecsysEmbeddings, validate_batch, validate_embeddings
+from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs, validate_batch, validate_embeddings
 from .transformer import RMSNorm, Transformer, default_positions, linear_param, right_anchored_positions
 
 
@@ -53,10 +53,6 @@ def block_candidate_reduce(candidate_post_hashes, candidate_post_embeddings, can
     return x @ proj_mat_2.float(), (candidate_post_hashes[..., 0] != 0)
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 class PhoenixModel(nn.Module):
     """The ranker. forward(batch, embeddings) -> logits float32 [B, C, num_actions]."""
 
@@ -84,7 +80,7 @@ class PhoenixModel(nn.Module):
         validate_embeddings(embeddings, cfg.hash_config, cfg.emb_size, dims)
 
     def forward(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> torch.Tensor:
-        if not _tracing():
+        if should_check_inputs():
             self.validate(batch, embeddings)
         cfg = self.config
         user, user_valid = block_user_reduce(batch.user_hashes, embeddings.user_embeddings, self.proj_mat_1)
@@ -105,8 +101,8 @@ class PhoenixModel(nn.Module):
         else:
             positions = default_positions(h.shape[0], h.shape[1], h.device)
         h = self.transformer(h, positions, valid, prefix_len, causal=cfg.history_attention == "causal",
-                             impl=cfg.attention_impl)
-        h = self.rms_norm(h)[:, prefix_len:]
+                             impl=cfg.attention_impl, candidates_only=True)
+        h = self.rms_norm(h)
         return h.float() @ self.unembeddings.float()
 
 
@@ -122,7 +118,7 @@ class HashedPhoenixModel(nn.Module):
 
     def forward(self, *fields: torch.Tensor) -> torch.Tensor:
         batch = fields[0] if len(fields) == 1 and isinstance(fields[0], RecsysBatch) else RecsysBatch(*fields)
-        if not _tracing():
+        if should_check_inputs():
             cfg = self.model.config
             validate_batch(batch, cfg.hash_config, cfg.num_actions, cfg.history_seq_len, cfg.product_surface_vocab_size)
             self.tables.check_range(batch)

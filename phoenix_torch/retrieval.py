@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PhoenixRetrievalModelConfig
-from .inputs import RecsysBatch, RecsysEmbeddings, validate_batch, validate_embeddings
-from .ranker import _flat, _tracing, action_embeddings, block_history_reduce, block_user_reduce, surface_embeddings
+from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs, validate_batch, validate_embeddings
+from .ranker import _flat, action_embeddings, block_history_reduce, block_user_reduce, surface_embeddings
 from .transformer import Transformer, default_positions, linear_param
 
 
@@ -51,7 +51,7 @@ class PhoenixRetrievalModel(nn.Module):
         """[user | history] -> transformer (causal x key padding, no final norm) -> masked mean -> L2 [B, D].
         Candidate fields of the batch are not read (they may have C = 0)."""
         cfg = self.config
-        if not _tracing():
+        if should_check_inputs():
             dims = validate_batch(batch, cfg.hash_config, cfg.num_actions, cfg.history_seq_len,
                                   cfg.product_surface_vocab_size)
             validate_embeddings(embeddings, cfg.hash_config, cfg.emb_size, dims)

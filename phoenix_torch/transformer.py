@@ -88,22 +88,28 @@ class Attention(nn.Module):
         self.linear = linear_param(cfg.num_q_heads * k, d)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
-                causal: bool, impl: str) -> torch.Tensor:
+                causal: bool, impl: str, candidates_only: bool = False) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D], or [B, C, D] (the candidate rows) when candidates_only (isolated only):
+        keys and values still come from every position, queries only from the candidates."""
         b, t, _ = x.shape
         hkv, g, k = self.num_kv_heads, self.num_q_heads // self.num_kv_heads, self.key_size
         dt = x.dtype
-        q = rope((x @ self.query.to(dt)).view(b, t, self.num_q_heads, k), positions)
+        first_query = prefix_len if candidates_only else 0
+        tq = t - first_query
+        q = rope((x[:, first_query:] @ self.query.to(dt)).view(b, tq, self.num_q_heads, k), positions[:, first_query:])
         kk = rope((x @ self.key.to(dt)).view(b, t, hkv, k), positions)
         v = (x @ self.value.to(dt)).view(b, t, hkv, k)
         # query head h uses kv head h // g: group the q heads as [hkv, g]
-        q = q.view(b, t, hkv, g, k).permute(0, 2, 3, 1, 4)     # [B, Hkv, G, T, K]
+        q = q.view(b, tq, hkv, g, k).permute(0, 2, 3, 1, 4)    # [B, Hkv, G, Tq, K]
         kk = kk.permute(0, 2, 1, 3)[:, :, None]                 # [B, Hkv, 1, T, K]
         v = v.permute(0, 2, 1, 3)[:, :, None]                   # [B, Hkv, 1, T, K]
         if impl == "dense" or t == prefix_len:
+            if candidates_only:
+                raise ValueError("candidates_only needs the isolated attention and at least one candidate")
             out = self._dense(q, kk, v, key_valid, prefix_len, causal)
         else:
             out = self._isolated(q, kk, v, key_valid, prefix_len, causal)
-        out = out.permute(0, 3, 1, 2, 4).reshape(b, t, self.num_q_heads * k)
+        out = out.permute(0, 3, 1, 2, 4).reshape(b, tq, self.num_q_heads * k)
         return out @ self.linear.to(dt)
 
     def _dense(self, q, k, v, key_valid, prefix_len, causal):
@@ -114,16 +120,13 @@ class Attention(nn.Module):
         return torch.softmax(logits, dim=-1).to(v.dtype) @ v
 
     def _isolated(self, q, k, v, key_valid, prefix_len, causal):
+        """q holds every position's queries, or only the candidates' (then only their rows come back)."""
         p = prefix_len
-        qp, qc = q[..., :p, :], q[..., p:, :]
+        with_prefix = q.shape[-2] == k.shape[-2]
+        qc = q[..., p:, :] if with_prefix else q
         kp, kc = k[..., :p, :], k[..., p:, :]
         vp, vc = v[..., :p, :], v[..., p:, :]
         valid_p, valid_c = key_valid[:, :p], key_valid[:, p:]
-        # prefix queries over prefix keys
-        mask_p = prefix_mask(p, causal, q.device)[None] & valid_p[:, None, :]
-        logits = _capped(qp @ kp.transpose(-1, -2), self.multiplier)
-        logits = logits.masked_fill(~mask_p[:, None, None], MASK_VALUE)
-        out_p = torch.softmax(logits, dim=-1).to(v.dtype) @ vp
         # candidate queries over [prefix keys | own key]
         to_prefix = _capped(qc @ kp.transpose(-1, -2), self.multiplier)      # [B, Hkv, G, C, P]
         to_prefix = to_prefix.masked_fill(~valid_p[:, None, None, None, :], MASK_VALUE)
@@ -131,6 +134,13 @@ class Attention(nn.Module):
         to_self = to_self.masked_fill(~valid_c[:, None, None, :, None], MASK_VALUE)
         w = torch.softmax(torch.cat([to_prefix, to_self], dim=-1), dim=-1).to(v.dtype)
         out_c = w[..., :p] @ vp + w[..., p:] * vc
+        if not with_prefix:
+            return out_c
+        # prefix queries over prefix keys
+        mask_p = prefix_mask(p, causal, q.device)[None] & valid_p[:, None, :]
+        logits = _capped(q[..., :p, :] @ kp.transpose(-1, -2), self.multiplier)
+        logits = logits.masked_fill(~mask_p[:, None, None], MASK_VALUE)
+        out_p = torch.softmax(logits, dim=-1).to(v.dtype) @ vp
         return torch.cat([out_p, out_c], dim=-2)
 
 
@@ -161,8 +171,9 @@ class DecoderLayer(nn.Module):
         self.attn = Attention(cfg)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, h, positions, key_valid, prefix_len, causal, impl):
-        h = h + self.rms_norm_1(self.attn(self.rms_norm(h), positions, key_valid, prefix_len, causal, impl))
+    def forward(self, h, positions, key_valid, prefix_len, causal, impl, candidates_only=False):
+        a = self.attn(self.rms_norm(h), positions, key_valid, prefix_len, causal, impl, candidates_only)
+        h = (h[:, prefix_len:] if candidates_only else h) + self.rms_norm_1(a)
         return h + self.rms_norm_3(self.ffn(self.rms_norm_2(h)))
 
 
@@ -172,12 +183,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
-                causal: bool = True, impl: str = "isolated") -> torch.Tensor:
+                causal: bool = True, impl: str = "isolated", candidates_only: bool = False) -> torch.Tensor:
         """h [B, T, D] in the forward dtype; positions [B, T]; key_valid [B, T] bool; the first
-        prefix_len positions are user+history, the rest candidates."""
-        for layer in self.layers:
-            h = layer(h, positions, key_valid, prefix_len, causal, impl)
-        return h
+        prefix_len positions are user+history, the rest candidates. candidates_only: return the
+        candidate rows [B, C, D]; with the isolated attention the last layer then computes queries,
+        attention and FFN for those rows alone (nothing reads the prefix rows' last outputs)."""
+        last = len(self.layers) - 1
+        skip_prefix = candidates_only and impl == "isolated" and h.shape[1] > prefix_len
+        for i, layer in enumerate(self.layers):
+            h = layer(h, positions, key_valid, prefix_len, causal, impl, candidates_only=skip_prefix and i == last)
+        return h[:, prefix_len:] if candidates_only and not skip_prefix else h
 
 
 def default_positions(batch_size: int, length: int, device=None) -> torch.Tensor:
