@@ -23,7 +23,6 @@ engines in `Sweep.dense_engines`), `c1000_chunked` (16 sequential calls of 64, w
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import hashlib
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from phoenix_torch import skip_input_checks
 
 from benchmarks.flops import forward_flops, shape_dict
 from benchmarks.measure import Budget, latency_stats, time_call
@@ -216,7 +217,7 @@ class DirectEngine:
         return Bound(run, self.sync)
 
     def _capture(self, args):
-        with torch.inference_mode(), _without_host_validation():
+        with torch.inference_mode(), skip_input_checks():
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
@@ -227,24 +228,6 @@ class DirectEngine:
             with torch.cuda.graph(g):
                 g.outputs = self.fn(*args)
         return g
-
-
-@contextlib.contextmanager
-def _without_host_validation():
-    """Eager phoenix_torch validates inputs on the host (`int(t.min())`, a device sync), which a CUDA graph
-    cannot capture; the model skips it while tracing, so it is told it is tracing during the capture. The
-    graph's own clamping and input_error stay. (Inputs here are valid by construction.)"""
-    import phoenix_torch.ranker as ranker
-
-    saved = getattr(ranker, "_tracing", None)
-    if saved is None:
-        yield
-        return
-    ranker._tracing = lambda: True
-    try:
-        yield
-    finally:
-        ranker._tracing = saved
 
 
 class RuntimeEngine:
