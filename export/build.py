@@ -26,7 +26,7 @@ from rich.table import Table
 from export.graphs import build_models, serving_graphs
 from export.manifest import MANIFEST, ManifestError, add_file_info, new_manifest, read_manifest, write_manifest
 from export.onnx_export import OPSET, export_onnx
-from export.runtime import TOLERANCE, OnnxRuntimeEngine, ParityError, max_abs_err
+from export.runtime import TOLERANCE, EngineUnavailable, OnnxRuntimeEngine, ParityError, max_abs_err
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = PROJECT_ROOT / "triton_repo"

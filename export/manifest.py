@@ -80,10 +80,18 @@ def read_manifest(root) -> dict:
     return manifest
 
 
-def find_artifact(manifest: dict, model: str, kind: str) -> dict:
-    for a in manifest.get("artifacts", []):
-        if a.get("model") == model and a.get("kind") == kind:
+def find_artifact(manifest: dict, model: str, kind: str, device: str | None = None) -> dict:
+    """The `kind` artifact of `model`. Artifacts built for one device (AOTInductor packages, TensorRT
+    plans record `device`) must match `device`'s type ("cuda:1" matches "cuda"); others match any."""
+    found = [a for a in manifest.get("artifacts", []) if a.get("model") == model and a.get("kind") == kind]
+    want = device.split(":")[0] if device else None
+    for a in found:
+        if want is None or a.get("device") in (None, want):
             return a
+    if found:
+        raise ManifestError(f"the manifest's {kind!r} artifacts for model {model!r} were built for "
+                            f"{sorted({a.get('device') for a in found})}, not {device!r}; rebuild on a {want} "
+                            f"host (see --aoti-device)")
     have = sorted({a.get("kind") for a in manifest.get("artifacts", []) if a.get("model") == model})
     raise ManifestError(f"the manifest has no {kind!r} artifact for model {model!r} (it has {have or 'none'}); "
                         f"rebuild with `python -m export.build` and the engines you need (see --engines)")

@@ -316,7 +316,7 @@ def load_engine(manifest_dir, model: str = "ranker", kind: str = "onnxruntime", 
         raise EngineUnavailable(_reason("export.tensorrt"))
     root = Path(manifest_dir)
     manifest = read_manifest(root)
-    artifact = find_artifact(manifest, model, ARTIFACT_KIND[kind])
+    artifact = find_artifact(manifest, model, ARTIFACT_KIND[kind], device)
     if kind == "onnxruntime":
         return OnnxRuntimeEngine.from_artifact(artifact, root, device, **kw)
     if kind in ("torch", "torch_compile"):

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from phoenix_torch import ACTIONS, SCORE_NAMES
+from serving.batching import stack_rows  # noqa: F401  (public: callers batch users with it)
 
 NUM_SURFACES = 16
 
@@ -283,21 +284,6 @@ def _pad_history(row: dict, S: int) -> dict:
         pad = np.zeros((S - len(v), *v.shape[1:]), v.dtype)
         row[k] = np.concatenate([v, pad]).astype(np.float32 if k == "history_actions" else np.int32)
     return row
-
-
-def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Stack users into [B, ...] arrays, padding candidates with hash 0 to the batch's largest count."""
-    C = max(len(r["candidate_post_hashes"]) for r in rows)
-    out = {}
-    for k in rows[0]:
-        vals = []
-        for r in rows:
-            v = r[k]
-            if k.startswith("candidate") and len(v) < C:
-                v = np.concatenate([v, np.zeros((C - len(v), *v.shape[1:]), v.dtype)])
-            vals.append(v)
-        out[k] = np.stack(vals)
-    return out
 
 
 def _result(out: dict, b: int, n: int, candidates: list) -> ScoreResult:

@@ -33,7 +33,7 @@ def main(argv=None):
     if args.rebuild or not (repo / "manifest.json").exists():
         from export import build
         console.print(f"[bold]building the demo repository in {repo}[/] (python -m export.build)")
-        rc = build.main(["--preset", "demo", "--target", "cpu", "--output", str(repo)])
+        rc = build.main(["--preset", "demo", "--target", "cpu", "--engines", "none", "--output", str(repo)])
         if rc:
             return rc
     from serving.client import PhoenixClient, demo_request, print_table

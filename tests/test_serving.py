@@ -33,7 +33,7 @@ def repo(tmp_path_factory):
     from export import build
 
     out = tmp_path_factory.mktemp("triton_repo")
-    rc = build.main(["--preset", "demo", "--target", "cpu", "--output", str(out), "--corpus", "64", "--vocab", "2000",
+    rc = build.main(["--preset", "demo", "--target", "cpu", "--output", str(out), "--corpus", "64", "--vocab", "2000", "--engines", "none",
                      "--top-k", "5"])
     assert not rc, f"export.build failed with {rc}"
     return out
