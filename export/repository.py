@@ -36,7 +36,7 @@ MODELS = ("phoenix_ranker", "phoenix_postprocess", "phoenix", "phoenix_user_towe
           "phoenix_candidate_tower", "phoenix_retrieval")
 ENGINE_MODELS = {"phoenix_ranker": "ranker", "phoenix_user_tower": "user_tower",
                  "phoenix_candidate_tower": "candidate_tower"}
-DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_QUEUE_DELAY_US = 0  # measured: triton_repo/README.md "Queue delay"
 VERSION = "1"
 
 _DTYPES = {"int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32,

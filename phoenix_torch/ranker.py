@@ -53,21 +53,19 @@ def block_candidate_reduce(candidate_post_hashes, candidate_post_embeddings, can
     return x @ proj_mat_2.float(), (candidate_post_hashes[..., 0] != 0)
 
 
-class PhoenixModel(nn.Module):
-    """The ranker. forward(batch, embeddings) -> logits float32 [B, C, num_actions]."""
+class UserHistoryEncoder(nn.Module):
+    """What the ranker and the retrieval user tower share: the user and history reductions (with their
+    action and product-surface embeddings) and the transformer."""
 
-    def __init__(self, config: PhoenixModelConfig):
+    def __init__(self, config):
         super().__init__()
         self.config = cfg = config
         d, hc = cfg.emb_size, cfg.hash_config
         self.product_surface_embedding_table = linear_param(cfg.product_surface_vocab_size, d)
         self.action_projection = linear_param(cfg.num_actions, d)
         self.proj_mat_1 = linear_param(hc.num_user_hashes * d, d)
-        self.proj_mat_2 = linear_param((hc.num_item_hashes + hc.num_author_hashes + 1) * d, d)
         self.proj_mat_3 = linear_param((hc.num_item_hashes + hc.num_author_hashes + 2) * d, d)
         self.transformer = Transformer(cfg.transformer)
-        self.rms_norm = RMSNorm(d)
-        self.unembeddings = linear_param(d, cfg.num_actions)
 
     @property
     def fprop_dtype(self) -> torch.dtype:
@@ -79,15 +77,31 @@ class PhoenixModel(nn.Module):
                               cfg.product_surface_vocab_size)
         validate_embeddings(embeddings, cfg.hash_config, cfg.emb_size, dims)
 
-    def forward(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> torch.Tensor:
-        if should_check_inputs():
-            self.validate(batch, embeddings)
-        cfg = self.config
+    def user_and_history(self, batch: RecsysBatch, embeddings: RecsysEmbeddings):
+        """-> (user [B, 1, D], user_valid [B, 1], history [B, S, D], history_valid [B, S]), float32."""
         user, user_valid = block_user_reduce(batch.user_hashes, embeddings.user_embeddings, self.proj_mat_1)
         history, history_valid = block_history_reduce(
             batch.history_post_hashes, embeddings.history_post_embeddings, embeddings.history_author_embeddings,
             surface_embeddings(batch.history_product_surface, self.product_surface_embedding_table),
             action_embeddings(batch.history_actions, self.action_projection), self.proj_mat_3)
+        return user, user_valid, history, history_valid
+
+
+class PhoenixModel(UserHistoryEncoder):
+    """The ranker. forward(batch, embeddings) -> logits float32 [B, C, num_actions]."""
+
+    def __init__(self, config: PhoenixModelConfig):
+        super().__init__(config)
+        d, hc = config.emb_size, config.hash_config
+        self.proj_mat_2 = linear_param((hc.num_item_hashes + hc.num_author_hashes + 1) * d, d)
+        self.rms_norm = RMSNorm(d)
+        self.unembeddings = linear_param(d, config.num_actions)
+
+    def forward(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> torch.Tensor:
+        if should_check_inputs():
+            self.validate(batch, embeddings)
+        cfg = self.config
+        user, user_valid, history, history_valid = self.user_and_history(batch, embeddings)
         candidates, candidate_valid = block_candidate_reduce(
             batch.candidate_post_hashes, embeddings.candidate_post_embeddings,
             embeddings.candidate_author_embeddings,

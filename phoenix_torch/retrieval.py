@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PhoenixRetrievalModelConfig
-from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs, validate_batch, validate_embeddings
-from .ranker import _flat, action_embeddings, block_history_reduce, block_user_reduce, surface_embeddings
-from .transformer import Transformer, default_positions, linear_param
+from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs
+from .ranker import UserHistoryEncoder, _flat
+from .transformer import default_positions, linear_param
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -35,36 +35,23 @@ class CandidateTower(nn.Module):
         return self(torch.cat([_flat(post_embeddings), _flat(author_embeddings)], dim=-1))
 
 
-class PhoenixRetrievalModel(nn.Module):
+class PhoenixRetrievalModel(UserHistoryEncoder):
     def __init__(self, config: PhoenixRetrievalModelConfig):
-        super().__init__()
-        self.config = cfg = config
-        d, hc = cfg.emb_size, cfg.hash_config
-        self.product_surface_embedding_table = linear_param(cfg.product_surface_vocab_size, d)
-        self.action_projection = linear_param(cfg.num_actions, d)
-        self.proj_mat_1 = linear_param(hc.num_user_hashes * d, d)
-        self.proj_mat_3 = linear_param((hc.num_item_hashes + hc.num_author_hashes + 2) * d, d)
-        self.transformer = Transformer(cfg.transformer)
-        self.candidate_tower = CandidateTower(d, hc.num_item_hashes, hc.num_author_hashes)
+        super().__init__(config)
+        hc = config.hash_config
+        self.candidate_tower = CandidateTower(config.emb_size, hc.num_item_hashes, hc.num_author_hashes)
 
     def user_representation(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> torch.Tensor:
         """[user | history] -> transformer (causal x key padding, no final norm) -> masked mean -> L2 [B, D].
         Candidate fields of the batch are not read (they may have C = 0)."""
-        cfg = self.config
         if should_check_inputs():
-            dims = validate_batch(batch, cfg.hash_config, cfg.num_actions, cfg.history_seq_len,
-                                  cfg.product_surface_vocab_size)
-            validate_embeddings(embeddings, cfg.hash_config, cfg.emb_size, dims)
-        user, user_valid = block_user_reduce(batch.user_hashes, embeddings.user_embeddings, self.proj_mat_1)
-        history, history_valid = block_history_reduce(
-            batch.history_post_hashes, embeddings.history_post_embeddings, embeddings.history_author_embeddings,
-            surface_embeddings(batch.history_product_surface, self.product_surface_embedding_table),
-            action_embeddings(batch.history_actions, self.action_projection), self.proj_mat_3)
-        h = torch.cat([user, history], dim=1).to(getattr(torch, cfg.fprop_dtype))
+            self.validate(batch, embeddings)
+        user, user_valid, history, history_valid = self.user_and_history(batch, embeddings)
+        h = torch.cat([user, history], dim=1).to(self.fprop_dtype)
         valid = torch.cat([user_valid, history_valid], dim=1)
         positions = default_positions(h.shape[0], h.shape[1], h.device)
         h = self.transformer(h, positions, valid, prefix_len=h.shape[1],
-                             causal=cfg.history_attention == "causal").float()
+                             causal=self.config.history_attention == "causal").float()
         w = valid.float()[..., None]
         mean = (h * w).sum(1) / w.sum(1).clamp_min(1.0)
         return l2_normalize(mean)
