@@ -11,6 +11,7 @@ exceed 2 GB (the protobuf limit) keep their weights in `<file>.data` next to the
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +27,12 @@ FLOAT_ONLY_OPS = ("Softmax", "ReduceMean", "Sqrt", "Reciprocal", "RMSNormalizati
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT32: "int32", onnx.TensorProto.INT64: "int64",
                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.BOOL: "bool"}
+
+
+# Messages of the exporter that say nothing about our graphs: the torchvision op registry (not a
+# dependency) and onnx_ir's note about empty attribute lists (it picks INTS, which is right here).
+for _name in ("torch.onnx._internal.exporter._registration", "onnx_ir._convenience"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 class OnnxExportError(RuntimeError):
