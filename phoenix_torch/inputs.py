@@ -1,34 +1,60 @@
-"""Model inputs: RecsysBatch (hash values) and RecsysEmbeddings (looked-up vectors), with validation.
+"""Model inputs: RecsysBatch (hash values and raw features) and RecsysEmbeddings (looked-up vectors).
 
-Hash value 0 is padding. Validity comes from the first hash only (user_hashes[:, 0], ...[..., 0]).
+Both hold one tensor per declared field, by name, as upstream's containers do:
+`RecsysBatch(user_hashes=..., history_post_hashes=..., ...)`. Which fields a model reads, their shapes,
+dtypes and valid values come from its config's feature declaration (features.py), and `validate_batch`
+checks them, naming the field. Optional fields (May: IP hashes, dwell, timestamps) may be left out.
+Hash value 0 is padding.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple
 
 import torch
 
-from .config import HashConfig
+from .features import Field, HashedFeature, active
 
 
-class RecsysBatch(NamedTuple):
-    user_hashes: torch.Tensor              # [B, Hu] int
-    history_post_hashes: torch.Tensor      # [B, S, Hi] int
-    history_author_hashes: torch.Tensor    # [B, S, Ha] int
-    history_actions: torch.Tensor          # [B, S, A] float multi-hot
-    history_product_surface: torch.Tensor  # [B, S] int in [0, 16)
-    candidate_post_hashes: torch.Tensor    # [B, C, Hi] int
-    candidate_author_hashes: torch.Tensor  # [B, C, Ha] int
-    candidate_product_surface: torch.Tensor  # [B, C] int in [0, 16)
+class _Named:
+    """Tensors by name, in the order given; attribute access; `get(name)` is None for a field not given."""
+
+    def __init__(self, **tensors):
+        self.__dict__.update(tensors)
+
+    @property
+    def _fields(self) -> tuple[str, ...]:
+        return tuple(self.__dict__)
+
+    def get(self, name: str):
+        return self.__dict__.get(name)
+
+    def _asdict(self) -> dict:
+        return dict(self.__dict__)
+
+    def _replace(self, **changes):
+        return type(self)(**{**self.__dict__, **changes})
+
+    def map(self, fn):
+        """A copy with fn applied to every tensor (e.g. `.map(lambda t: t.to("cuda"))`)."""
+        return type(self)(**{k: fn(v) for k, v in self.__dict__.items()})
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k}={tuple(v.shape) if hasattr(v, 'shape') else v!r}" for k, v in self.__dict__.items())
+        return f"{type(self).__name__}({shapes})"
 
 
-class RecsysEmbeddings(NamedTuple):
-    user_embeddings: torch.Tensor              # [B, Hu, D]
-    history_post_embeddings: torch.Tensor      # [B, S, Hi, D]
-    candidate_post_embeddings: torch.Tensor    # [B, C, Hi, D]
-    history_author_embeddings: torch.Tensor    # [B, S, Ha, D]
-    candidate_author_embeddings: torch.Tensor  # [B, C, Ha, D]
+class RecsysBatch(_Named):
+    """Hash values and raw features, one field per declared input: user_hashes [B, Hu], history_post_hashes
+    [B, S, Hi], history_author_hashes [B, S, Ha], history_actions [B, S, A], history_product_surface [B, S],
+    candidate_post_hashes [B, C, Hi], candidate_author_hashes [B, C, Ha], candidate_product_surface [B, C];
+    May: user_ip_hashes [B, Hip], history_continuous_actions [B, S, 8], candidate_impr_ts and
+    candidate_post_creation_ts [B, C] (seconds); plus any feature added by configuration."""
+
+
+class RecsysEmbeddings(_Named):
+    """The looked-up hash vectors, one field per hashed feature: `<x>_hashes` [..., H] -> `<x>_embeddings`
+    [..., H, D] (user_embeddings, history_post_embeddings, candidate_post_embeddings,
+    history_author_embeddings, candidate_author_embeddings; May: user_ip_embeddings)."""
 
 
 _input_checks = True
@@ -52,24 +78,6 @@ def should_check_inputs() -> bool:
     return _input_checks and not tracing
 
 
-BATCH_FIELDS: tuple[str, ...] = RecsysBatch._fields
-EMBEDDING_FIELDS: tuple[str, ...] = RecsysEmbeddings._fields
-
-
-def batch_layout(hc: HashConfig, num_actions: int) -> dict[str, tuple[tuple, str]]:
-    """Each RecsysBatch field's symbolic shape and kind ("int" or "float")."""
-    return {
-        "user_hashes": (("B", hc.num_user_hashes), "int"),
-        "history_post_hashes": (("B", "S", hc.num_item_hashes), "int"),
-        "history_author_hashes": (("B", "S", hc.num_author_hashes), "int"),
-        "history_actions": (("B", "S", num_actions), "float"),
-        "history_product_surface": (("B", "S"), "int"),
-        "candidate_post_hashes": (("B", "C", hc.num_item_hashes), "int"),
-        "candidate_author_hashes": (("B", "C", hc.num_author_hashes), "int"),
-        "candidate_product_surface": (("B", "C"), "int"),
-    }
-
-
 def _check_shape(name: str, t, expected: tuple, dims: dict[str, int]) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -83,77 +91,89 @@ def _check_shape(name: str, t, expected: tuple, dims: dict[str, int]) -> None:
             raise ValueError(f"{name}: dim {axis} must be {want}, got shape {tuple(t.shape)}")
 
 
-def validate_batch(batch: RecsysBatch, hash_config: HashConfig, num_actions: int, history_seq_len: int | None = None,
-                   product_surface_vocab_size: int = 16) -> dict[str, int]:
-    """Checks shapes, dtypes and value ranges that do not depend on the tables; returns {"B","S","C"}."""
-    dims: dict[str, int] = {}
-    if history_seq_len is not None:
-        dims["S"] = history_seq_len
-    for name, (shape, kind) in batch_layout(hash_config, num_actions).items():
-        t = getattr(batch, name)
-        _check_shape(name, t, shape, dims)
-        if kind == "int" and (t.is_floating_point() or t.dtype == torch.bool or t.is_complex()):
-            raise TypeError(f"{name}: expected an integer tensor, got {t.dtype}")
-        if kind == "float" and not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
-        if kind == "int" and t.numel() and int(t.min()) < 0:
-            raise ValueError(f"{name}: hash/surface values must be >= 0, found {int(t.min())}")
-    for name in ("history_product_surface", "candidate_product_surface"):
-        t = getattr(batch, name)
-        if t.numel() and int(t.max()) >= product_surface_vocab_size:
-            raise ValueError(f"{name}: product surface must be in [0, {product_surface_vocab_size}), found {int(t.max())}")
-    a = batch.history_actions
-    if a.numel() and not bool(((a == 0) | (a == 1)).all()):
-        raise ValueError("history_actions: must be multi-hot 0/1")
+def _check_values(f: Field, t: torch.Tensor, vocab: dict[str, int] | None) -> None:
+    if f.dtype == "int64" and (t.is_floating_point() or t.dtype == torch.bool or t.is_complex()):
+        raise TypeError(f"{f.name}: expected an integer tensor, got {t.dtype}")
+    if f.dtype == "float32" and not t.is_floating_point():
+        raise TypeError(f"{f.name}: expected a floating-point tensor, got {t.dtype}")
+    if not t.numel():
+        return
+    if f.check == "multi_hot" and not bool(((t == 0) | (t == 1)).all()):
+        raise ValueError(f"{f.name}: must be multi-hot 0/1")
+    if f.check == "finite" and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{f.name}: holds a NaN or infinite value")
+    if f.check == "time" and int(t.min()) < 0:
+        raise ValueError(f"{f.name}: timestamps must be >= 0 seconds (0 = unknown), found {int(t.min())}")
+    if f.check in ("hash", "index"):
+        high = vocab.get(f.entity) if (f.check == "hash" and vocab) else f.high
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or (high is not None and hi >= high):
+            what = "hash" if f.check == "hash" else "value"
+            raise ValueError(f"{f.name}: {what}s must be in [0, {high if high is not None else 'vocab'}), "
+                             f"found range [{lo}, {hi}]")
+
+
+def validate_batch(batch: RecsysBatch, config, vocab: dict[str, int] | None = None) -> dict[str, int]:
+    """Checks every declared field of `batch` (present unless optional; shape; dtype; values: hashes in
+    [0, vocab) of their entity when `vocab` is given, categories in range, actions 0/1, continuous values
+    finite, timestamps >= 0). Returns the dims {"B", "S", "C"}. Errors name the field."""
+    dims: dict[str, int] = {"S": config.history_seq_len}
+    for f in config.batch_fields:
+        t = batch.get(f.name)
+        if t is None:
+            if f.optional:
+                continue
+            raise ValueError(f"{f.name}: missing; the model declares it (a {f.check} input of shape {f.shape})")
+        _check_shape(f.name, t, f.shape, dims)
+        _check_values(f, t, vocab)
     return dims
 
 
-def validate_embeddings(emb: RecsysEmbeddings, hash_config: HashConfig, emb_size: int, dims: dict[str, int]) -> None:
-    """Checks RecsysEmbeddings shapes against each other and the batch dims (B, S, C)."""
-    hc, d = hash_config, emb_size
-    layout = {
-        "user_embeddings": ("B", hc.num_user_hashes, d),
-        "history_post_embeddings": ("B", "S", hc.num_item_hashes, d),
-        "candidate_post_embeddings": ("B", "C", hc.num_item_hashes, d),
-        "history_author_embeddings": ("B", "S", hc.num_author_hashes, d),
-        "candidate_author_embeddings": ("B", "C", hc.num_author_hashes, d),
-    }
-    for name, shape in layout.items():
-        t = getattr(emb, name)
-        _check_shape(name, t, shape, dims)
+def validate_embeddings(emb: RecsysEmbeddings, config, dims: dict[str, int]) -> None:
+    """Checks the RecsysEmbeddings field of every hashed feature against the batch dims (B, S, C) and D."""
+    for f in active(config.features):
+        if not isinstance(f, HashedFeature):
+            continue
+        t = emb.get(f.embedding_field)
+        if t is None:
+            if f.optional:
+                continue
+            raise ValueError(f"{f.embedding_field}: missing; the model declares {f.name}")
+        _check_shape(f.embedding_field, t, (*f.dims, f.num_hashes, config.emb_size), dims)
         if not t.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+            raise TypeError(f"{f.embedding_field}: expected a floating-point tensor, got {t.dtype}")
 
 
-def random_batch(hash_config: HashConfig, batch_size: int, history_len: int, num_candidates: int,
-                 vocab: int | tuple[int, int, int], num_actions: int = 19, seed: int = 0,
-                 product_surface_vocab_size: int = 16, pad_history: bool = True) -> RecsysBatch:
-    """A valid random RecsysBatch: hashes in [1, vocab), histories packed at the front with a random
-    number of valid items (padding at the tail), sparse multi-hot actions."""
+def random_batch(config, batch_size: int, num_candidates: int, vocab: int | dict[str, int], seed: int = 0,
+                 pad_history: bool = True) -> RecsysBatch:
+    """A valid random RecsysBatch for `config`: hashes in [1, vocab), histories packed at the front with a
+    random number of valid items (padding at the tail), sparse multi-hot actions, small non-negative
+    continuous values, timestamps with ages of a few hours."""
     g = torch.Generator().manual_seed(seed)
-    uv, pv, av = (vocab, vocab, vocab) if isinstance(vocab, int) else vocab
-    hc, B, S, C = hash_config, batch_size, history_len, num_candidates
-
-    def hashes(v, *shape):
-        return torch.randint(1, v, shape, generator=g, dtype=torch.int32)
-
-    hist_post = hashes(pv, B, S, hc.num_item_hashes)
-    hist_author = hashes(av, B, S, hc.num_author_hashes)
-    actions = (torch.rand(B, S, num_actions, generator=g) < 0.15).float()
-    surface = torch.randint(0, product_surface_vocab_size, (B, S), generator=g, dtype=torch.int32)
+    dims = {"B": batch_size, "S": config.history_seq_len, "C": num_candidates}
+    now = 1_750_000_000  # timestamps: one "now", creation times up to ~3 days before it
+    out = {}
+    for feature in active(config.features):
+        for f in feature.fields(config.num_actions):
+            shape = tuple(dims[d] if isinstance(d, str) else d for d in f.shape)
+            if f.check == "hash":
+                v = vocab if isinstance(vocab, int) else vocab[f.entity]
+                out[f.name] = torch.randint(1, v, shape, generator=g)
+            elif f.check == "index":
+                out[f.name] = torch.randint(0, f.high, shape, generator=g)
+            elif f.check == "multi_hot":
+                out[f.name] = (torch.rand(shape, generator=g) < 0.15).float()
+            elif f.check == "finite":
+                out[f.name] = torch.rand(shape, generator=g) * 40.0
+            elif f.name == feature.now_field:
+                out[f.name] = torch.full(shape, now)
+            else:
+                out[f.name] = now - torch.randint(0, 3 * 86400, shape, generator=g)
+    S = dims["S"]
     if pad_history and S > 1:
-        lengths = torch.randint(1, S + 1, (B,), generator=g)
+        lengths = torch.randint(1, S + 1, (batch_size,), generator=g)
         pad = torch.arange(S)[None, :] >= lengths[:, None]
-        hist_post[pad] = 0
-        hist_author[pad] = 0
-        actions[pad] = 0
-    return RecsysBatch(
-        user_hashes=hashes(uv, B, hc.num_user_hashes),
-        history_post_hashes=hist_post,
-        history_author_hashes=hist_author,
-        history_actions=actions,
-        history_product_surface=surface,
-        candidate_post_hashes=hashes(pv, B, C, hc.num_item_hashes),
-        candidate_author_hashes=hashes(av, B, C, hc.num_author_hashes),
-        candidate_product_surface=torch.randint(0, product_surface_vocab_size, (B, C), generator=g, dtype=torch.int32),
-    )
+        for f in config.batch_fields:
+            if f.shape[:2] == ("B", "S") and f.check in ("hash", "multi_hot", "finite"):
+                out[f.name][pad] = 0
+    return RecsysBatch(**out)

@@ -1,15 +1,27 @@
 """Two-tower retrieval: a user tower (the Phoenix transformer over [user | history], masked mean, L2
-normalised) and a CandidateTower (two-layer MLP over post+author hash vectors, L2 normalised)."""
+normalised) and a CandidateTower (a two-layer MLP over the candidate's hash vectors, or, with
+`enable_linear_proj=False` (May), their mean; L2 normalised)."""
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import PhoenixRetrievalModelConfig
+from .features import HashedFeature, active
 from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs
-from .ranker import UserHistoryEncoder, _flat
+from .ranker import UserHistoryEncoder, flat
 from .transformer import default_positions, linear_param
+
+MASKED_SCORE = -1e12   # upstream's score of a corpus row outside `corpus_mask`
+
+
+class RetrievalOutput(NamedTuple):
+    user_representation: torch.Tensor   # [B, D]
+    top_k_indices: torch.Tensor         # [B, K] int64
+    top_k_scores: torch.Tensor          # [B, K]
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -18,35 +30,38 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class CandidateTower(nn.Module):
-    """[..., (Hi+Ha)*D] -> silu(x @ p1 [(Hi+Ha)*D, 2D]) @ p2 [2D, D] -> L2 normalised [..., D]."""
+    """[..., H, D] hash vectors of a candidate (post and author hashes) -> L2-normalised [..., D]:
+    silu(x @ p1 [H*D, 2D]) @ p2 [2D, D] on the flattened vectors, or (enable_linear_proj=False) their mean."""
 
-    def __init__(self, emb_size: int, num_item_hashes: int = 2, num_author_hashes: int = 2):
+    def __init__(self, emb_size: int, num_hashes: int = 4, enable_linear_proj: bool = True):
         super().__init__()
-        self.candidate_tower_projection_1 = linear_param((num_item_hashes + num_author_hashes) * emb_size, 2 * emb_size)
-        self.candidate_tower_projection_2 = linear_param(2 * emb_size, emb_size)
+        self.enable_linear_proj = enable_linear_proj
+        if enable_linear_proj:
+            self.candidate_tower_projection_1 = linear_param(num_hashes * emb_size, 2 * emb_size)
+            self.candidate_tower_projection_2 = linear_param(2 * emb_size, emb_size)
 
-    def forward(self, concatenated_embeddings: torch.Tensor) -> torch.Tensor:
-        x = concatenated_embeddings.float()
-        x = F.silu(x @ self.candidate_tower_projection_1.float()) @ self.candidate_tower_projection_2.float()
-        return l2_normalize(x)
-
-    def from_hash_embeddings(self, post_embeddings: torch.Tensor, author_embeddings: torch.Tensor) -> torch.Tensor:
-        """post [..., Hi, D] and author [..., Ha, D] vectors -> [..., D]."""
-        return self(torch.cat([_flat(post_embeddings), _flat(author_embeddings)], dim=-1))
+    def forward(self, hash_vectors: torch.Tensor) -> torch.Tensor:
+        if not self.enable_linear_proj:
+            return l2_normalize(hash_vectors.float().mean(-2))
+        x = F.silu(flat(hash_vectors) @ self.candidate_tower_projection_1.float())
+        return l2_normalize(x @ self.candidate_tower_projection_2.float())
 
 
 class PhoenixRetrievalModel(UserHistoryEncoder):
     def __init__(self, config: PhoenixRetrievalModelConfig):
-        super().__init__(config)
-        hc = config.hash_config
-        self.candidate_tower = CandidateTower(config.emb_size, hc.num_item_hashes, hc.num_author_hashes)
+        super().__init__(config, sides=("user", "history"))
+        self.candidate_features = [f for f in active(config.features)
+                                   if f.side == "candidate" and isinstance(f, HashedFeature)]
+        num_hashes = sum(f.num_hashes for f in self.candidate_features)
+        self.candidate_tower = CandidateTower(config.emb_size, num_hashes, config.enable_linear_proj)
 
     def user_representation(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> torch.Tensor:
         """[user | history] -> transformer (causal x key padding, no final norm) -> masked mean -> L2 [B, D].
-        Candidate fields of the batch are not read (they may have C = 0)."""
+        Candidate fields of the batch are not read."""
         if should_check_inputs():
-            self.validate(batch, embeddings)
-        user, user_valid, history, history_valid = self.user_and_history(batch, embeddings)
+            self.validate(batch, embeddings, ("user", "history"))
+        user, user_valid = self.encoder.side("user", batch, embeddings)
+        history, history_valid = self.encoder.side("history", batch, embeddings)
         h = torch.cat([user, history], dim=1).to(self.fprop_dtype)
         valid = torch.cat([user_valid, history_valid], dim=1)
         positions = default_positions(h.shape[0], h.shape[1], h.device)
@@ -57,21 +72,29 @@ class PhoenixRetrievalModel(UserHistoryEncoder):
         return l2_normalize(mean)
 
     def candidate_representation(self, embeddings: RecsysEmbeddings) -> torch.Tensor:
-        return self.candidate_tower.from_hash_embeddings(embeddings.candidate_post_embeddings,
-                                                         embeddings.candidate_author_embeddings)
+        """The candidate tower over the candidates' hash vectors [..., H, D] (post hashes, then author hashes)."""
+        vectors = torch.cat([embeddings.get(f.embedding_field) for f in self.candidate_features], dim=-2)
+        return self.candidate_tower(vectors)
 
-    def forward(self, batch: RecsysBatch, embeddings: RecsysEmbeddings, corpus: torch.Tensor, top_k: int | None = None):
-        """-> (user_representation [B, D], top_k_indices [B, k] int64, top_k_scores [B, k])."""
+    def forward(self, batch: RecsysBatch, embeddings: RecsysEmbeddings, corpus: torch.Tensor,
+                top_k: int | None = None, corpus_mask: torch.Tensor | None = None) -> RetrievalOutput:
         user = self.user_representation(batch, embeddings)
-        return (user, *retrieve_top_k(user, corpus, top_k or self.config.top_k))
+        return RetrievalOutput(user, *retrieve_top_k(user, corpus, top_k or self.config.top_k, corpus_mask))
 
 
-def retrieve_top_k(user_representation: torch.Tensor, corpus: torch.Tensor, top_k: int):
-    """Exact top-k of user @ corpus.T, best first -> (indices, scores)."""
+def retrieve_top_k(user_representation: torch.Tensor, corpus: torch.Tensor, top_k: int,
+                   corpus_mask: torch.Tensor | None = None):
+    """Exact top-k of user @ corpus.T, best first -> (indices, scores); rows outside corpus_mask [N] (bool)
+    score MASKED_SCORE."""
     if corpus.dim() != 2 or corpus.shape[1] != user_representation.shape[-1]:
         raise ValueError(f"corpus: expected [N, {user_representation.shape[-1]}], got {tuple(corpus.shape)}")
     if not 0 < top_k <= corpus.shape[0]:
         raise ValueError(f"top_k must be in [1, {corpus.shape[0]}] (corpus size), got {top_k}")
     scores = user_representation.float() @ corpus.float().T
+    if corpus_mask is not None:
+        if corpus_mask.shape != (corpus.shape[0],) or corpus_mask.dtype != torch.bool:
+            raise ValueError(f"corpus_mask: expected bool [{corpus.shape[0]}], got {corpus_mask.dtype} "
+                             f"{tuple(corpus_mask.shape)}")
+        scores = torch.where(corpus_mask[None, :], scores, torch.full_like(scores, MASKED_SCORE))
     top = torch.topk(scores, top_k, dim=-1, sorted=True)
     return top.indices, top.values

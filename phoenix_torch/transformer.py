@@ -199,6 +199,18 @@ def default_positions(batch_size: int, length: int, device=None) -> torch.Tensor
     return torch.arange(length, device=device).expand(batch_size, length)
 
 
+def slot_positions(batch_size: int, prefix_len: int, num_candidates: int, candidate_seq_len: int,
+                   device=None) -> torch.Tensor:
+    """[B, P + C]: prefix slot i at position i, candidate slot j at P + (j mod candidate_seq_len).
+
+    Up to candidate_seq_len candidates this is the slot index, as upstream. Beyond it, each candidate gets
+    the position upstream's scoring in chunks of candidate_seq_len gives it, so one pass over any number of
+    candidates equals the chunked run (candidates never see each other)."""
+    prefix = torch.arange(prefix_len, device=device)
+    cand = prefix_len + torch.arange(num_candidates, device=device) % candidate_seq_len
+    return torch.cat([prefix, cand]).expand(batch_size, prefix_len + num_candidates)
+
+
 def right_anchored_positions(history_valid: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
     """[B, 1+S+C]: user at 0, each valid history item at S - (number of valid items after it) (the newest
     at S), every valid candidate at 1+S, padded history and padded candidates at 0."""

@@ -7,6 +7,7 @@ keep Haiku's [in, out] layout, so loading is a renaming plus a shape check.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ from .ranker import PhoenixModel
 from .retrieval import PhoenixRetrievalModel
 
 _LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
+# Keys upstream checkpoints hold that no forward pass reads: the retrieval model's training temperature.
+IGNORED_KEYS = ("~/log_temperature",)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, stacklevel=3)
 
 
 def _haiku_key(torch_name: str, root: str) -> str:
@@ -35,7 +45,7 @@ def _haiku_key(torch_name: str, root: str) -> str:
         return f"{root}/rms_norm/scale"
     if torch_name.startswith("candidate_tower."):
         return f"{root}/~build_candidate_representation/candidate_tower/{torch_name.split('.')[1]}"
-    return f"{root}/{torch_name}"
+    return f"{root}/{torch_name.removeprefix('encoder.')}"   # reductions, feature tables and projections
 
 
 def _root(model: nn.Module) -> str:
@@ -61,6 +71,10 @@ def load_upstream_params(model: nn.Module, source) -> nn.Module:
     """Loads upstream Haiku-layout parameters (an .npz path or a dict) into `model`, in place.
     Raises one error listing every missing, unexpected or mis-shaped key."""
     params = read_params(source)
+    unused = sorted(k for k in params if k in IGNORED_KEYS)
+    if unused:
+        _warn_once(f"ignoring {unused}: upstream stores it, its forward pass never reads it")
+        params = {k: v for k, v in params.items() if k not in IGNORED_KEYS}
     root = _root(model)
     expected = {_haiku_key(name, root): (name, p) for name, p in model.named_parameters()}
     missing = sorted(set(expected) - set(params))
@@ -70,7 +84,8 @@ def load_upstream_params(model: nn.Module, source) -> nn.Module:
     if missing or unexpected or misshaped:
         lines = ([f"missing key: {k}" for k in missing] + [f"unexpected key: {k}" for k in unexpected]
                  + [f"mis-shaped key: {s}" for s in misshaped])
-        raise ValueError(f"checkpoint does not fit {type(model).__name__}:\n  " + "\n  ".join(lines))
+        where = f"{source}" if isinstance(source, (str, Path)) else "checkpoint"
+        raise ValueError(f"{where} does not fit {type(model).__name__}:\n  " + "\n  ".join(lines))
     with torch.no_grad():
         for key, (_, p) in expected.items():
             p.copy_(torch.from_numpy(np.asarray(params[key], dtype=np.float32)))
@@ -99,22 +114,44 @@ def load_weights(module: nn.Module, path) -> nn.Module:
     return module
 
 
-def load_tables(path) -> HashEmbeddingTables:
-    """Hash tables from an .npz with `user_table`, `post_table`, `author_table` ([vocab, D] each)."""
+def read_tables(path, entities=None) -> dict[str, np.ndarray]:
+    """{entity: float32 [vocab, D]} from an .npz in the release's layout (`user_embeddings`,
+    `item_embeddings`, `author_embeddings`, ... one `<entity>_embeddings` array per entity). Row 0 is set to
+    zero: upstream sends hash 0 (padding) to a zero row of its unified table and never reads row 0 of an
+    entity's table. `entities` restricts (and requires) the entities read; errors name the file and key."""
     with np.load(path, allow_pickle=False) as z:
-        names = ("user_table", "post_table", "author_table")
-        missing = [n for n in names if n not in z.files]
-        if missing:
-            raise ValueError(f"{path}: missing table(s) {missing}; found {sorted(z.files)}")
-        arrays = [np.asarray(z[n], dtype=np.float32) for n in names]
-    dims = {a.shape[1] for a in arrays if a.ndim == 2}
-    if any(a.ndim != 2 for a in arrays) or len(dims) != 1:
-        raise ValueError(f"{path}: tables must be 2-D [vocab, D] with one D, got {[a.shape for a in arrays]}")
-    tables = HashEmbeddingTables(dims.pop(), *(a.shape[0] for a in arrays))
+        have = {k.removesuffix("_embeddings"): k for k in z.files if k.endswith("_embeddings")}
+        wanted = list(entities) if entities is not None else sorted(have)
+        missing = [f"{e}_embeddings" for e in wanted if e not in have]
+        if missing or not wanted:
+            raise ValueError(f"{path}: missing table(s) {missing or ['<entity>_embeddings']}; found {sorted(z.files)}")
+        out = {}
+        for e in wanted:
+            a = np.asarray(z[have[e]], dtype=np.float32)
+            if a.ndim != 2 or a.shape[0] < 2:
+                raise ValueError(f"{path}: {have[e]} must be [vocab >= 2, D], got shape {a.shape}")
+            a[0] = 0.0
+            out[e] = a
+    dims = {a.shape[1] for a in out.values()}
+    if len(dims) != 1:
+        raise ValueError(f"{path}: tables have different widths D: { {k: v.shape for k, v in out.items()} }")
+    return out
+
+
+def load_tables(path, entities=None) -> HashEmbeddingTables:
+    """HashEmbeddingTables from an .npz in the release's layout (see read_tables)."""
+    arrays = read_tables(path, entities)
+    tables = HashEmbeddingTables(next(iter(arrays.values())).shape[1], {e: a.shape[0] for e, a in arrays.items()})
     with torch.no_grad():
-        for n, a in zip(names, arrays):
-            getattr(tables, n).copy_(torch.from_numpy(a))
+        for e, a in arrays.items():
+            tables.tables[e].copy_(torch.from_numpy(a))
     return tables
+
+
+def save_tables(tables: HashEmbeddingTables, path) -> Path:
+    """The inverse of load_tables: `<entity>_embeddings` arrays in an .npz."""
+    np.savez(path, **{f"{e}_embeddings": t.detach().float().cpu().numpy() for e, t in tables.tables.items()})
+    return Path(path)
 
 
 def init_seeded(module: nn.Module, seed: int = 0) -> nn.Module:
@@ -125,7 +162,7 @@ def init_seeded(module: nn.Module, seed: int = 0) -> nn.Module:
         for name, p in sorted(module.named_parameters()):
             if name.endswith("scale"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("_table") and isinstance(module, HashEmbeddingTables):
+            elif isinstance(module, HashEmbeddingTables):
                 p.copy_(torch.randn(p.shape, generator=g))
                 p[0].zero_()
             else:

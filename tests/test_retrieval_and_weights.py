@@ -3,26 +3,29 @@ import numpy as np
 import pytest
 import torch
 
-from phoenix_torch import (PRESETS, HashEmbeddingTables, PhoenixModel, PhoenixRetrievalModel, export_upstream_params,
-                           get_preset, init_seeded, load_tables, load_upstream_params, load_weights, random_batch,
+from phoenix_torch import (PRESETS, PhoenixModel, PhoenixRetrievalModel, export_upstream_params, get_preset,
+                           init_seeded, load_tables, load_upstream_params, load_weights, random_batch, save_tables,
                            save_weights)
 
-from model_fixtures import SMALL_VOCAB, batch_for, logits, small_config, small_ranker
+from model_fixtures import SMALL_VOCAB, batch_for, logits, small_config, small_ranker, small_tables
 
 
-@pytest.fixture(scope="module")
-def retrieval():
-    cfg = get_preset("demo", retrieval=True, history_seq_len=6,
-                     transformer=small_config().transformer)
+@pytest.fixture(scope="module", params=[True, False], ids=["mlp_tower", "meanpool_tower"])
+def retrieval(request):
+    cfg = get_preset("demo", retrieval=True, history_seq_len=6, transformer=small_config().transformer,
+                     enable_linear_proj=request.param)
     model = init_seeded(PhoenixRetrievalModel(cfg), 3).eval()
-    tables = init_seeded(HashEmbeddingTables(cfg.emb_size, SMALL_VOCAB, SMALL_VOCAB, SMALL_VOCAB), 4)
-    return model, tables
+    return model, small_tables(cfg, 4)
+
+
+def lookup(tables, model, batch):
+    return tables.lookup(batch, model.config.features)
 
 
 def test_retrieval_unit_norm_sorted_top_k_in_range(retrieval):
     model, tables = retrieval
-    batch = random_batch(model.config.hash_config, 4, 6, 50, SMALL_VOCAB, seed=5)
-    emb = tables(batch)
+    batch = random_batch(model.config, 4, 50, SMALL_VOCAB, seed=5)
+    emb = lookup(tables, model, batch)
     with torch.no_grad():
         corpus = model.candidate_representation(emb).reshape(-1, model.config.emb_size)   # 200 posts
         user, idx, scores = model(batch, emb, corpus, top_k=10)
@@ -38,12 +41,28 @@ def test_retrieval_unit_norm_sorted_top_k_in_range(retrieval):
 
 def test_retrieval_rejects_bad_top_k_and_corpus(retrieval):
     model, tables = retrieval
-    batch = random_batch(model.config.hash_config, 1, 6, 1, SMALL_VOCAB)
-    emb = tables(batch)
+    batch = random_batch(model.config, 1, 1, SMALL_VOCAB)
+    emb = lookup(tables, model, batch)
     with pytest.raises(ValueError, match="top_k"):
         model(batch, emb, torch.randn(5, model.config.emb_size), top_k=6)
     with pytest.raises(ValueError, match="corpus"):
         model(batch, emb, torch.randn(5, 3), top_k=2)
+    with pytest.raises(ValueError, match="corpus_mask"):
+        model(batch, emb, torch.randn(5, model.config.emb_size), top_k=2, corpus_mask=torch.ones(4, dtype=torch.bool))
+
+
+def test_corpus_mask_keeps_masked_rows_out_of_the_top_k(retrieval):
+    model, tables = retrieval
+    batch = random_batch(model.config, 3, 1, SMALL_VOCAB, seed=2)
+    emb = lookup(tables, model, batch)
+    corpus = torch.nn.functional.normalize(torch.randn(40, model.config.emb_size, generator=torch.Generator().manual_seed(0)), dim=-1)
+    with torch.no_grad():
+        _, idx, _ = model(batch, emb, corpus, top_k=5)
+        mask = torch.ones(40, dtype=torch.bool)
+        mask[idx[0]] = False                                         # hide user 0's best five
+        _, masked_idx, scores = model(batch, emb, corpus, top_k=5, corpus_mask=mask)
+    assert not set(masked_idx[0].tolist()) & set(idx[0].tolist())
+    assert mask[masked_idx].all() and (scores > -2).all()
 
 
 def test_upstream_params_round_trip_and_clear_errors():
@@ -76,13 +95,19 @@ def test_save_and_load_weights_and_tables(tmp_path):
     load_weights(other, tmp_path / "w.pt")
     torch.testing.assert_close(logits(other, batch), logits(r, batch), atol=0, rtol=0)
 
-    np.savez(tmp_path / "t.npz", user_table=r.tables.user_table.detach().numpy(),
-             post_table=r.tables.post_table.detach().numpy(), author_table=r.tables.author_table.detach().numpy())
+    save_tables(r.tables, tmp_path / "t.npz")
     t = load_tables(tmp_path / "t.npz")
-    assert t.vocab_sizes == {"user_vocab": SMALL_VOCAB, "post_vocab": SMALL_VOCAB, "author_vocab": SMALL_VOCAB}
-    np.savez(tmp_path / "bad.npz", user_table=np.zeros((4, 8), np.float32))
-    with pytest.raises(ValueError, match="post_table"):
-        load_tables(tmp_path / "bad.npz")
+    assert t.vocab_sizes == {"user": SMALL_VOCAB, "item": SMALL_VOCAB, "author": SMALL_VOCAB}
+    for e in t.vocab_sizes:
+        assert torch.equal(t.tables[e], r.tables.tables[e])
+    np.savez(tmp_path / "bad.npz", user_embeddings=np.zeros((4, 8), np.float32))
+    with pytest.raises(ValueError, match="item_embeddings"):
+        load_tables(tmp_path / "bad.npz", ("user", "item"))
+
+
+def test_release_tables_get_a_zero_padding_row(tmp_path):
+    np.savez(tmp_path / "t.npz", user_embeddings=np.ones((5, 4), np.float32))
+    assert load_tables(tmp_path / "t.npz").tables["user"][0].abs().sum() == 0
 
 
 @pytest.mark.parametrize("name", PRESETS)
