@@ -1,43 +1,51 @@
-"""`python -m export.build`: model -> ONNX graphs (+ torch state, compiled engines) -> Triton repository.
+"""`python -m export.build`: models -> ONNX graphs (+ compiled engines) -> a complete Triton repository.
 
-Steps: build the ranker, the retrieval model and their hash tables (upstream checkpoint or seeded
-init) -> the serving graphs (export.graphs) -> one ONNX file per graph, each checked against torch with
-ONNX Runtime (fp32 1e-4, bf16 1e-1, input_error exactly) -> torch state dicts -> compiled engines
-(export.engines) -> Triton configs (export.repository) -> manifest.json.
+Steps: the models (the release's artifacts folder, upstream checkpoints, or a seeded init) -> the serving
+graphs of the target (export.graphs), each exported to ONNX and checked against torch with ONNX Runtime
+(phoenix_torch.parity) -> compiled engines (export.engines) -> the hash tables as memory-mappable .npy files
+(engine-host targets) -> the retrieval corpus -> every served model's record, its Triton config and its
+Python sources (export.repository) -> `manifest.json` (export.contract), written last.
 
-Everything is staged in a temporary folder next to the output and moved in at the end; the output's old
-manifest.json is deleted when the build starts and the new one is written last, so a folder with a
-manifest always holds a complete build. Committed sources (triton_repo/*/1/model.py) are never replaced.
+The whole repository is built in a staging folder next to the output and swapped in at the end in one
+atomic step: a folder holds the old complete build or the new one, never a mix. A failed, interrupted
+(SIGINT, SIGTERM) or killed build leaves the output untouched and removes its staging folder (a killed
+one's is removed by the next build).
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from export.graphs import build_models, serving_graphs
-from export.manifest import MANIFEST, ManifestError, add_file_info, new_manifest, read_manifest, write_manifest
-from export.onnx_export import OPSET, export_onnx
-from export.runtime import TOLERANCE, EngineUnavailable, OnnxRuntimeEngine, ParityError, max_abs_err
+from export import contract as k
+from export import repository as repo
+from export.artifacts import ArtifactsError, Corpus
+from export.contract import Artifact, Limits
+from export.engines import KINDS as ENGINE_KINDS
+from export.engines import EngineOptions, TensorRTOptions, build_engines, resolve_kinds
+from export.graphs import GRAPH_BUILDERS, GraphSpec, hashes_in
+from export.models import ModelSource, Models, features_from_json, load_models, torch_tables
+from export.onnx_export import OPSET, export_onnx, write_cpu_bf16
+from export.runtime import EngineUnavailable, OnnxRuntimeEngine
+from phoenix_torch import PRESETS, RELEASES, RecsysEmbeddings
+from phoenix_torch.parity import PRECISIONS, ParityError, check_parity
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = PROJECT_ROOT / "triton_repo"
-PRESETS = ("demo", "mini", "nano", "prod")
-ONNX_PATHS = {"ranker": "phoenix_ranker/1/model.onnx",
-              "ranker_embeddings": "phoenix_ranker/1/ranker_embeddings.onnx",   # not a Triton model file
-              "user_tower": "phoenix_user_tower/1/model.onnx",
-              "candidate_tower": "phoenix_candidate_tower/1/model.onnx"}
-TORCH_PATHS = {m: p.replace(".onnx", ".pt").replace("model.pt", "model_state.pt") for m, p in ONNX_PATHS.items()}
-PARITY_POINTS = ({"B": 1, "C": 1}, {"B": 3, "C": None})   # C None -> the preset's candidates
-
+PARITY_POINTS = ({"B": 1, "C": 1}, {"B": 3, "C": None})   # C None -> the model's candidate_seq_len
 console = Console(stderr=True)
 
 
@@ -45,296 +53,463 @@ class BuildError(RuntimeError):
     """A build step failed; the message says which and why."""
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m export.build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Build the Phoenix serving artifacts: ONNX graphs of the ranker (hashes in and embeddings "
-                    "in), the user tower and the candidate tower, torch state dicts, optional compiled engines, "
-                    "the Triton model repository and manifest.json (written last).")
-    p.add_argument("--preset", choices=PRESETS, default="demo",
-                   help="model size (PHOENIX_SPEC.md): demo D128/2 layers/S32/C8, mini D128/4/S127/C64, "
-                        "nano D512/4/S1022/C64, prod D2560/8/S1022/C64")
-    p.add_argument("--checkpoint", default=None, metavar="FILE.npz",
-                   help="ranker parameters in the upstream Haiku layout (`param/<module>/<name>` keys, as the "
-                        "golden files and the May checkpoint); default: seeded non-zero init (--seed)")
-    p.add_argument("--retrieval-checkpoint", default=None, metavar="FILE.npz",
-                   help="retrieval-model parameters in the upstream layout; default: seeded init (--seed)")
-    p.add_argument("--tables", default=None, metavar="FILE.npz",
-                   help="hash embedding tables (.npz with user_table, post_table, author_table: [vocab, D] "
-                        "float32, row 0 = padding); default: seeded tables of --vocab rows")
-    p.add_argument("--vocab", type=int, default=10_000,
-                   help="rows of each seeded hash table (user, post, author); row 0 is padding")
-    p.add_argument("--seed", type=int, default=0, help="seed of the init of weights and tables")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="forward dtype written into the graphs (bf16 keeps softmax, RMSNorm and logits float32)")
-    p.add_argument("--history-attention", choices=("causal", "bidirectional"), default="causal",
-                   help="mask over user+history: causal (January code) or bidirectional (production release)")
-    p.add_argument("--right-anchored-rope", action="store_true",
-                   help="May-release positions: scores independent of candidate order and of C")
-    p.add_argument("--opset", type=int, choices=(18, 19, 20), default=OPSET,
-                   help="ONNX opset of the graphs (the exporter writes >= 18; TensorRT 10 parses up to 20)")
-    p.add_argument("--no-towers", action="store_true", help="skip the retrieval towers (ranker graphs only)")
-    p.add_argument("--engines", default="auto",
-                   help="comma list of compiled engines besides ONNX and torch (always built): aoti, tensorrt, "
-                        "auto (every engine that can be built here: AOTInductor on CPU and CUDA, TensorRT where it "
-                        "is installed; what cannot be built is skipped with a one-line notice), none")
-    p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="model repository folder to write")
-    try:
-        from export import engines
-        engines.add_arguments(p)
-    except ImportError as e:  # the compiled-engine builders are a separate part of the build
-        p.set_defaults(engines_missing=f"export.engines cannot be imported ({e})")
-    from export import repository
-    repository.add_arguments(p)
-    return p
+@dataclass(frozen=True)
+class BuildOptions:
+    output: Path = DEFAULT_OUTPUT
+    opset: int = OPSET
 
 
-# ---------------------------------------------------------------------------------------------- steps
+# ---------------------------------------------------------------------------------------------- graphs
 
-def model_configs(args):
-    from phoenix_torch import get_preset
+def graph_specs(models: Models, names: set[str]) -> dict[str, GraphSpec]:
+    """The serving graphs `names` of the models (hashes-in graphs get the tables, sharing their memory)."""
+    out = {}
+    for name in sorted(names):
+        base = name.removesuffix("_embeddings")
+        model = models.ranker if base == "ranker" else models.retrieval
+        tables = None
+        if not name.endswith("_embeddings"):
+            tables = torch_tables(models.ranker_tables if base == "ranker" else models.retrieval_tables)
+        out[name] = GRAPH_BUILDERS[base](model, tables)
+    return out
 
-    common = dict(fprop_dtype="bfloat16" if args.precision == "bf16" else "float32",
-                  history_attention=args.history_attention)
-    cfg = get_preset(args.preset, right_anchored_rope=args.right_anchored_rope, **common)
-    rcfg = None if args.no_towers else get_preset(args.preset, retrieval=True, **common)
-    return cfg, rcfg
 
-
-def check_parity(spec, path: Path, dims_list) -> float:
-    """Max abs err of ONNX Runtime vs the torch module over `dims_list`; raises ParityError past tolerance."""
-    engine = OnnxRuntimeEngine(path, [t.to_dict() for t in spec.inputs], [t.to_dict() for t in spec.outputs],
-                               precision=spec.precision, model=spec.name)
-    tol = TOLERANCE[spec.precision]
+def check_onnx(spec: GraphSpec, artifact: Artifact, stage: Path, candidates: int) -> float:
+    """Max abs err of ONNX Runtime vs the torch module at PARITY_POINTS; ParityError past tolerance."""
+    engine = OnnxRuntimeEngine(stage / artifact.path, artifact.inputs, artifact.outputs, "cpu", spec.precision,
+                               spec.name)
     worst = 0.0
-    for i, dims in enumerate(dims_list):
+    for i, point in enumerate(PARITY_POINTS):
+        dims = {"B": point["B"], "C": point["C"] or candidates}
         feed = spec.random_inputs(dims, seed=1000 + i)
-        want = {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in spec(feed).items()}
-        got = engine({k: v.numpy() for k, v in feed.items()})
-        err = max_abs_err(got, want, spec.output_names)
-        if not err <= tol:
-            raise ParityError(f"{spec.name}: ONNX Runtime differs from torch at {dims}: max abs err {err:.3g} "
-                              f"> {tol} ({spec.precision})")
-        worst = max(worst, err)
+        got = engine({n: v.numpy() for n, v in feed.items()})
+        worst = max(worst, check_parity(got, spec(feed), spec.output_names, spec.precision,
+                                        f"{spec.name}: ONNX Runtime vs torch at {dims}"))
     return worst
 
 
-def parity_dims(spec, candidates: int):
-    uses_c = any("C" in t.shape for t in spec.inputs)
-    return [{"B": p["B"], "C": p["C"] or candidates} if uses_c else {"B": p["B"]} for p in PARITY_POINTS]
-
-
-def save_state(spec, path: Path, root: Path) -> dict:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(spec.module.state_dict(), path)
-    return {"name": f"{spec.name}_torch", "model": spec.name, "kind": "torch", "path": str(path.relative_to(root)),
-            "precision": spec.precision, "inputs": [t.to_dict() for t in spec.inputs],
-            "outputs": [t.to_dict() for t in spec.outputs]}
-
-
-def committed_sources(output: Path) -> set[Path]:
-    """Files in `output` that are committed sources (only when output is the project's triton_repo): the
-    `*/1/model.py` that git does not ignore (.gitignore ignores the build's copies); every `*/1/model.py`
-    when git cannot tell (not a checkout)."""
-    if output.resolve() != DEFAULT_OUTPUT.resolve():
-        return set()
-    files = sorted(p.resolve() for p in DEFAULT_OUTPUT.glob("*/1/model.py"))
-    try:
-        res = subprocess.run(["git", "check-ignore", *map(str, files)], cwd=DEFAULT_OUTPUT, capture_output=True,
-                             text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return set(files)
-    if res.returncode not in (0, 1):  # 128: not a git checkout
-        return set(files)
-    ignored = {Path(line).resolve() for line in res.stdout.splitlines() if line.strip()}
-    return set(files) - ignored
-
-
-def move_into(stage: Path, output: Path):
-    """Move every staged file into `output` (replacing build outputs, never committed sources)."""
-    keep = committed_sources(output)
-    for src in sorted(stage.rglob("*")):
-        if src.is_dir() or src.name == MANIFEST:
-            continue
-        dst = output / src.relative_to(stage)
-        if dst.resolve() in keep:
-            if dst.read_bytes() != src.read_bytes():
-                console.print(f"[yellow]kept the committed {dst} (the staged copy differs)[/]")
-            continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(dst))
-
-
-def previous_build_files(output: Path) -> set[str]:
-    """Paths (relative to output) that the output's current manifest lists, if it has a readable one."""
-    try:
-        return artifact_files(read_manifest(output))
-    except ManifestError:
-        return set()
-
-
-def artifact_files(manifest: dict) -> set[str]:
-    """Every file a manifest's artifacts consist of (paths relative to its folder)."""
-    paths = set()
-    for a in manifest.get("artifacts", []):
-        paths.add(a["path"])
-        for extra in (a.get("external_data"), a.get("metadata")):
-            if extra:
-                paths.add(extra if "/" in extra else str(Path(a["path"]).parent / extra))
-    return paths
-
-
-def remove_stale(output: Path, paths: set[str]):
-    """Delete files of the previous build that this build did not write (never committed sources)."""
-    keep = committed_sources(output)
-    for rel in paths:
-        path = output / rel
-        if path.is_file() and path.resolve() not in keep and output.resolve() in path.resolve().parents:
-            path.unlink()
-
-
-# ---------------------------------------------------------------------------------------------- main
-
-def build(args) -> dict:
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise BuildError(f"--output {output} exists and is not a folder")
-    output.mkdir(parents=True, exist_ok=True)
-    old_paths = previous_build_files(output)
-    (output / MANIFEST).unlink(missing_ok=True)  # from now on the folder does not look like a complete build
-    stage = Path(tempfile.mkdtemp(prefix=".build-", dir=output.parent))
-    rows = []
-    try:
-        t0 = time.perf_counter()
-        cfg, rcfg = model_configs(args)
-        with console.status("building the models and hash tables"):
-            ranker, tables, retrieval, rtables = build_models(
-                cfg, rcfg, vocab=args.vocab, seed=args.seed, checkpoint=args.checkpoint,
-                retrieval_checkpoint=args.retrieval_checkpoint, tables_file=args.tables)
-            graphs = serving_graphs(ranker, tables, retrieval, rtables)
-        console.print(f"[green]✓[/] models ({args.preset}, {args.precision}, vocab {tables.vocab_sizes['user_vocab']}) "
-                      f"in {time.perf_counter() - t0:.1f} s")
-
-        artifacts, onnx_artifacts = [], []
-        for name, spec in graphs.items():
-            t = time.perf_counter()
-            with console.status(f"exporting {name} to ONNX (opset {args.opset})"):
-                art = export_onnx(spec, stage / ONNX_PATHS[name], opset=args.opset, root=stage)
-            with console.status(f"checking {name}: ONNX Runtime vs torch"):
-                art["parity_max_abs_err"] = check_parity(spec, stage / art["path"],
-                                                         parity_dims(spec, cfg.candidate_seq_len))
-                art["parity_reference"] = "torch"
-            add_file_info(stage, art)
-            onnx_artifacts.append(art)
-            rows.append((art["path"], art["bytes"], art["parity_max_abs_err"], time.perf_counter() - t))
-            console.print(f"[green]✓[/] {name}: {art['path']} ({art['bytes'] / 1e6:.1f} MB), parity "
-                          f"{art['parity_max_abs_err']:.2e}, {time.perf_counter() - t:.1f} s")
-        artifacts += onnx_artifacts
-
+def export_graphs(specs: dict[str, GraphSpec], folders: dict[str, str], stage: Path, opset: int, candidates: int,
+                  rows: list) -> dict[str, Artifact]:
+    """ONNX file of every graph (+ the bf16-emulating CPU copy of a bf16 graph), each parity-checked."""
+    out = {}
+    for name, spec in specs.items():
         t = time.perf_counter()
-        for name, spec in graphs.items():
-            art = add_file_info(stage, save_state(spec, stage / TORCH_PATHS[name], stage))
-            artifacts.append(art)
-            rows.append((art["path"], art["bytes"], None, None))
-        console.print(f"[green]✓[/] torch state dicts in {time.perf_counter() - t:.1f} s")
+        with console.status(f"exporting {name} to ONNX (opset {opset})"):
+            art = export_onnx(spec, stage / folders[name] / f"{name}.onnx", opset=opset, root=stage)
+        served = write_cpu_bf16(art, stage) if spec.precision == "bf16" else art
+        with console.status(f"checking {name}: ONNX Runtime vs torch"):
+            served.info["parity_max_abs_err"] = check_onnx(spec, served, stage, candidates)
+        out[name] = art.with_file_info(stage)
+        if served is not art:
+            out[name + "#cpu"] = served.with_file_info(stage)
+        rows.append((art.path, art.bytes, served.info["parity_max_abs_err"], time.perf_counter() - t))
+        console.print(f"[green]✓[/] {name}: {art.path} ({art.bytes / 1e6:.1f} MB), parity "
+                      f"{served.info['parity_max_abs_err']:.2e}, {time.perf_counter() - t:.1f} s")
+    return out
 
-        artifacts += compiled_engines(args, graphs, onnx_artifacts, stage, rows)
 
-        manifest = new_manifest(
-            preset=args.preset, precision=args.precision, target=args.target, model_config=cfg.to_dict(),
-            retrieval_config=rcfg.to_dict() if rcfg else None, tables=tables_info(tables),
-            retrieval_tables=tables_info(rtables) if rtables is not None else None,
-            max_candidates=cfg.candidate_seq_len, opset=args.opset, seed=args.seed,
-            checkpoint=args.checkpoint, torch_version=torch.__version__, artifacts=artifacts)
-        write_manifest(stage, manifest)   # lets the repository step load engines from the stage
-        t = time.perf_counter()
-        with console.status(f"writing the Triton repository (target {args.target})"):
-            from export import repository
-            written = repository.write_repository(manifest, stage, args)
-        manifest["artifacts"] += written
-        console.print(f"[green]✓[/] Triton repository (target {manifest['target']}): {len(written)} files "
-                      f"in {time.perf_counter() - t:.1f} s")
+# ---------------------------------------------------------------------------------------------- data files
 
-        move_into(stage, output)
-        remove_stale(output, old_paths - artifact_files(manifest))
-        write_manifest(output, manifest)
-        summary(rows, output, time.perf_counter() - t0)
+def write_tables(tables: dict[str, np.ndarray], stage: Path, model: str, family: str) -> tuple[dict, list[Artifact]]:
+    """Each entity's table as `<model>/1/tables/<entity>.npy` (memory-mapped by the engine hosts)."""
+    info, arts = {}, []
+    for entity, array in tables.items():
+        rel = k.model_path(model, f"tables/{entity}.npy")
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(stage / rel, np.ascontiguousarray(array, dtype=np.float32))
+        info[entity] = {"path": rel, "vocab": int(array.shape[0]), "emb_size": int(array.shape[1])}
+        arts.append(Artifact(f"{family}_table_{entity}", family, "table", rel).with_file_info(stage))
+    return info, arts
+
+
+def synthetic_corpus(models: Models, size: int, corpus_file: str | None) -> Corpus:
+    """The corpus of a build without a precomputed one: posts 1..size (authors 1 + id % (size // 10)), or the
+    ids of --corpus-file, through the candidate tower."""
+    if corpus_file:
+        with np.load(corpus_file, allow_pickle=False) as z:
+            if "post_ids" not in z.files or "author_ids" not in z.files:
+                raise BuildError(f"--corpus-file {corpus_file}: needs post_ids and author_ids, found {sorted(z.files)}")
+            posts, authors = z["post_ids"].astype(np.uint64), z["author_ids"].astype(np.uint64)
+            topics = z["topics"].astype(str) if "topics" in z.files else None
+            reps = z["candidate_representations"].astype(np.float32) if "candidate_representations" in z.files else None
+        if reps is not None:
+            return Corpus(reps, posts, authors, topics)
+    else:
+        posts = np.arange(1, size + 1, dtype=np.uint64)
+        authors = 1 + posts % np.uint64(max(1, size // 10))
+        topics = None
+    retrieval, hashing = models.retrieval, models.retrieval_hashing
+    emb = {}
+    for f in retrieval.candidate_features:
+        ids = posts if f.entity == "item" else authors
+        hashes = k.hash_ids(ids, hashing[f.entity])
+        emb[f.embedding_field] = torch.from_numpy(models.retrieval_tables[f.entity][hashes])
+    with torch.no_grad():
+        reps = retrieval.candidate_representation(RecsysEmbeddings(**emb)).numpy()
+    return Corpus(reps.astype(np.float32), posts, authors, topics)
+
+
+def write_corpus(corpus: Corpus, stage: Path, index: str) -> list[Artifact]:
+    """The corpus beside phoenix_retrieval's model.py (swap these files to change the corpus, see README)."""
+    files = {"corpus.npy": corpus.representations, "corpus_post_ids.npy": corpus.post_ids,
+             "corpus_author_ids.npy": corpus.author_ids}
+    if corpus.topics is not None:
+        files["corpus_topics.npy"] = corpus.topics
+    arts = []
+    for name, array in files.items():
+        rel = k.model_path(k.RETRIEVAL, name)
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        np.save(stage / rel, array)
+        arts.append(Artifact(f"retrieval_{name.removesuffix('.npy')}", k.RETRIEVAL, "corpus", rel).with_file_info(stage))
+    if index == "faiss":
+        from export.corpus import write_faiss_index
+        arts.append(write_faiss_index(corpus.representations, stage / k.model_path(k.RETRIEVAL, "corpus.faiss"),
+                                      stage))
+    return arts
+
+
+# ---------------------------------------------------------------------------------------------- the build
+
+def build(source: ModelSource, opts: repo.RepositoryOptions, engines: EngineOptions,
+          build_opts: BuildOptions = BuildOptions()) -> dict:
+    output = Path(build_opts.output)
+    check_output(output)
+    remove_dead_stages(output)
+    stage = Path(tempfile.mkdtemp(prefix=f".build-{os.getpid()}-", dir=output.parent))
+    try:
+        manifest = _build_into(stage, source, opts, engines, build_opts)
+        swap_into(stage, output)
+        console.print(f"[green]✓[/] repository complete: {output}")
         return manifest
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def compiled_engines(args, graphs, onnx_artifacts, stage: Path, rows) -> list[dict]:
-    kinds = [k.strip() for k in args.engines.split(",") if k.strip()]
-    if kinds in (["none"], []):
-        return []
-    if getattr(args, "engines_missing", None):
-        raise BuildError(f"--engines {args.engines}: {args.engines_missing}")
-    from export import engines
-    t = time.perf_counter()
-    arts = engines.build_engines(kinds, graphs, onnx_artifacts, stage, args)
-    for a in arts:
-        rows.append((a["path"], a.get("bytes"), a.get("parity_max_abs_err"), None))
-    if arts:
-        console.print(f"[green]✓[/] compiled engines {sorted({a['kind'] for a in arts})} in "
-                      f"{time.perf_counter() - t:.1f} s")
-    return arts
+def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, engines: EngineOptions,
+                build_opts: BuildOptions) -> dict:
+    t0, rows = time.perf_counter(), []
+    with console.status("loading the models and hash tables"):
+        models = load_models(source)
+    for note in models.source.get("notes", []):
+        console.print(f"[yellow]{note}[/]", soft_wrap=True)
+    cfg = models.ranker.config
+    console.print(f"[green]✓[/] models ({models.release}, {source.precision}, tables "
+                  f"{ {e: len(t) for e, t in models.ranker_tables.items()} }) in {time.perf_counter() - t0:.1f} s")
+    limits = Limits(opts.max_batch_size, opts.max_candidates, cfg.history_seq_len, opts.max_request_bytes,
+                    opts.candidate_sizes)
+    names = repo.graph_names(opts.target, models.retrieval is not None)
+    specs = graph_specs(models, set(names.values()))
+    folders = {g: next(m for m, name in names.items() if name == g) for g in specs}
+    folders = {g: f"{m}/{k.VERSION}" for g, m in folders.items()}
+    onnx = export_graphs(specs, folders, stage, build_opts.opset, cfg.candidate_seq_len, rows)
+    artifacts = list(onnx.values())
+    kinds = resolve_kinds(engines.kinds) if engines.kinds else []
+    if opts.target == "gpu-tensorrt" and "tensorrt" not in kinds:
+        raise BuildError("--target gpu-tensorrt needs TensorRT plans: add --engines tensorrt")
+    if kinds:
+        t = time.perf_counter()
+        artifacts += build_engines(kinds, specs, folders, onnx, stage, engines, limits)
+        console.print(f"[green]✓[/] compiled engines {kinds} in {time.perf_counter() - t:.1f} s")
+
+    host = opts.target in repo.HOST_TARGETS
+    tables_info = {}
+    if host:
+        with console.status("writing the hash tables"):
+            tables_info["ranker"], arts = write_tables(models.ranker_tables, stage, k.RANKER, "ranker")
+            artifacts += arts
+            if models.retrieval is not None:
+                tables_info["retrieval"], arts = write_tables(models.retrieval_tables, stage, k.USER_TOWER, "retrieval")
+                artifacts += arts
+    built = {a.kind for a in artifacts}
+    engine = repo.python_engine_kind(opts.target, built, opts.python_engine)
+    served = {}
+    for model, graph in names.items():
+        base = models.ranker if graph.startswith("ranker") else models.retrieval
+        family = "ranker" if graph.startswith("ranker") else "retrieval"
+        vocab = {e: len(t) for e, t in (models.ranker_tables if family == "ranker" else models.retrieval_tables).items()}
+        if model == k.RANKER_EMBEDDINGS:
+            inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
+        else:
+            specs_in, lookups = hashes_in(graph, base, vocab)
+            inputs = [t.to_dict() for t in specs_in]
+        served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
+    served[k.POSTPROCESS] = repo.postprocess_record(cfg, k.scoring_params(opts.weights), served[k.RANKER]["inputs"])
+    if models.retrieval is not None:
+        with console.status("computing the retrieval corpus"):
+            corpus = models.corpus or synthetic_corpus(models, opts.corpus_size, opts.corpus_file)
+            artifacts += write_corpus(corpus, stage, opts.retrieval_index)
+        served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
+                                                    opts.top_k, opts.retrieval_index, len(corpus.post_ids),
+                                                    corpus.topics is not None)
+    plans = repo.place_platform_engines(stage, served, artifacts, opts.target)
+    manifest = {
+        "format": k.FORMAT, "release": models.release, "preset": None if source.artifacts else source.preset,
+        "precision": source.precision, "target": opts.target, "source": models.source, "limits": limits.to_dict(),
+        "model_config": cfg.to_dict(),
+        "retrieval_config": models.retrieval.config.to_dict() if models.retrieval is not None else None,
+        "hashing": {e: h.to_dict() for e, h in models.ranker_hashing.items()},
+        "retrieval_hashing": ({e: h.to_dict() for e, h in models.retrieval_hashing.items()}
+                              if models.retrieval_hashing else None),
+        "tables": tables_info, "served": served, "opset": build_opts.opset, "torch_version": torch.__version__,
+        "artifacts": [],
+    }
+    cfgs = repo.configs(served, opts, cfg.candidate_seq_len, plans)
+    repo.client_parameter(cfgs[k.POSTPROCESS], manifest)
+    artifacts += repo.write_configs(stage, cfgs)
+    artifacts += repo.write_python_models(stage, served)
+    manifest["artifacts"] = [a.to_dict() for a in artifacts]
+    copy_repository_readme(stage)
+    k.write_manifest(stage, manifest)
+    summary(rows, stage, time.perf_counter() - t0)
+    return manifest
 
 
-def check_requested_engines(args) -> None:
-    """An engine named explicitly in --engines that cannot be built here stops the build before any work."""
-    named = [k.strip() for k in args.engines.split(",") if k.strip() not in ("", "auto", "none")]
-    if not named:
+def copy_repository_readme(stage: Path) -> None:
+    readme = repo.SOURCES / "README.md"
+    if readme.exists():
+        shutil.copy2(readme, stage / "README.md")
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+
+def check_output(output: Path) -> None:
+    """Build into an empty or missing folder, a previous build (it has a manifest) or the project's triton_repo;
+    never replace a folder of other files."""
+    if output.exists() and not output.is_dir():
+        raise BuildError(f"--output {output} exists and is not a folder")
+    if output.is_dir() and any(output.iterdir()) and not (output / k.MANIFEST).exists() \
+            and output.resolve() != DEFAULT_OUTPUT.resolve():
+        raise BuildError(f"--output {output} holds files but no {k.MANIFEST}: not a Phoenix repository; a build "
+                         f"replaces its output folder, so choose an empty or new folder")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+
+def remove_dead_stages(output: Path) -> None:
+    """Staging folders of builds that were killed (their process is gone)."""
+    for stale in output.parent.glob(".build-*"):
+        try:
+            pid = int(stale.name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def swap_into(stage: Path, output: Path) -> None:
+    """Make `stage` the output in one step: an atomic exchange of the two paths (Linux renameat2), then the
+    old build (now at `stage`) is removed by the caller; a missing output is a plain rename."""
+    if not output.exists():
+        os.rename(stage, output)
+        stage.mkdir()   # the caller removes it
         return
-    if getattr(args, "engines_missing", None):
-        raise BuildError(f"--engines {args.engines}: {args.engines_missing}")
-    from export import engines
-    engines.resolve_kinds(named)
-
-
-def tables_info(tables) -> dict:
-    """Vocab sizes and the hash parameters (the `params` and `modulus` keyword arguments of
-    phoenix_torch.hash_ids, shared by every entity) that raw ids must be hashed with."""
-    from phoenix_torch import HASH_MODULUS, HASH_PARAMS
-
-    return {**{k: int(v) for k, v in tables.vocab_sizes.items()}, "emb_size": int(tables.emb_size),
-            "hash_params": {"params": [list(p) for p in HASH_PARAMS], "modulus": HASH_MODULUS}}
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    at_fdcwd = -100
+    if renameat2 is not None and renameat2(at_fdcwd, os.fsencode(stage), at_fdcwd, os.fsencode(output),
+                                           _RENAME_EXCHANGE) == 0:
+        return
+    # no renameat2: two renames; between them the old build is complete at `<stage>.old`
+    old = stage.with_name(stage.name + ".old")
+    os.rename(output, old)
+    os.rename(stage, output)
+    os.rename(old, stage)
 
 
 def summary(rows, output: Path, total_s: float):
-    table = Table(title=f"export.build -> {output} ({total_s:.1f} s)")
+    table = Table(title=f"export.build ({total_s:.1f} s)")
     for col in ("artifact", "size", "parity max abs err", "time"):
         table.add_column(col, justify="left" if col == "artifact" else "right", overflow="fold")
     for path, size, err, secs in rows:
         table.add_row(path, f"{size / 1e6:.2f} MB" if size is not None else "-",
                       f"{err:.2e}" if err is not None else "-", f"{secs:.1f} s" if secs is not None else "-")
-    Console(stderr=True, width=max(console.width, 120)).print(table)  # full paths, also in logs
+    Console(stderr=True, width=max(console.width, 120)).print(table)
 
 
-ENGINE_CHOICES = ("auto", "none", "aoti", "tensorrt")
+# ---------------------------------------------------------------------------------------------- CLI
+
+ENGINE_CHOICES = ("auto", "none", *ENGINE_KINDS)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export.build", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Build a complete Triton model repository for Phoenix: the ranker (hashes in and embeddings "
+                    "in), the retrieval towers and corpus, the postprocessor and ensembles, each graph checked "
+                    "against torch, and manifest.json (written last; the folder is swapped in atomically).")
+    src = p.add_argument_group("models")
+    src.add_argument("--artifacts", default=None, metavar="DIR",
+                     help="the May release's artifacts folder (retrieval/ and ranker/ with model_params.npz, "
+                          "embedding_tables.npz, config.json; sports_corpus.npz): serve those models, their "
+                          "tables, hash constants and corpus (overrides --preset/--release/--checkpoint/--tables)")
+    src.add_argument("--preset", choices=PRESETS, default="demo",
+                     help="model size of a seeded or checkpoint build: demo D128/2 layers/S32/C8, mini D128/4/S127/C64, "
+                          "nano D512/4/S1022/C64, prod D2560/8/S1022/C64")
+    src.add_argument("--release", choices=RELEASES, default="january",
+                     help="inputs and action list: january (19 engagement actions) or may (ActionName columns, IP "
+                          "hashes, dwell time, post age, continuous head)")
+    src.add_argument("--checkpoint", default=None, metavar="FILE.npz",
+                     help="ranker parameters in the upstream Haiku layout (`module/name` keys, optional `param/` "
+                          "prefix); default: seeded non-zero init (--seed)")
+    src.add_argument("--retrieval-checkpoint", default=None, metavar="FILE.npz",
+                     help="retrieval-model parameters in the upstream layout; default: seeded init")
+    src.add_argument("--tables", default=None, metavar="FILE.npz",
+                     help="hash tables in the release's layout (`<entity>_embeddings` [vocab, D] float32: user, "
+                          "item, author, ...); default: seeded tables of --vocab rows")
+    src.add_argument("--extra-features", default=None, metavar="FILE.json",
+                     help="features added by configuration: a JSON list of feature declarations (see README, "
+                          "'Add a feature'), e.g. [{\"kind\": \"categorical\", \"name\": \"candidate_media_category\", "
+                          "\"side\": \"candidate\", \"vocab\": 8}]")
+    src.add_argument("--vocab", type=int, default=10_000, help="rows of each seeded hash table; row 0 is padding")
+    src.add_argument("--seed", type=int, default=0, help="seed of the init of weights, tables and hash constants")
+    src.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                     help="forward dtype of the graphs (bf16 keeps softmax, RMSNorm, reductions and logits float32)")
+    src.add_argument("--history-attention", choices=("causal", "bidirectional"), default="causal",
+                     help="mask over user+history: causal (January code) or bidirectional (production release)")
+    src.add_argument("--right-anchored-rope", action="store_true",
+                     help="May-release positions: scores independent of candidate order and of C")
+    src.add_argument("--no-towers", action="store_true", help="skip the retrieval model (ranker only)")
+
+    eng = p.add_argument_group("graphs and engines")
+    eng.add_argument("--opset", type=int, choices=(18, 19, 20), default=OPSET,
+                     help="ONNX opset of the graphs (the exporter writes >= 18; TensorRT 10 parses up to 20)")
+    eng.add_argument("--engines", default="none",
+                     help="comma list of engines besides ONNX (always built): torch (a torch.export program for the "
+                          "torch / torch_compile hosts), aoti, tensorrt, auto (every one that can be built here; what "
+                          "cannot is skipped with a one-line notice), none")
+    eng.add_argument("--aoti-device", choices=("cpu", "cuda", "auto"), default="auto",
+                     help="device the AOTInductor packages are compiled for (auto: cuda if available)")
+    eng.add_argument("--trt-profile", default=None, metavar="B=MIN:OPT:MAX,C=MIN:OPT:MAX",
+                     help="TensorRT optimization profile of the dynamic dims; dims not named keep B=1:8:"
+                          "<--max-batch-size>, C=1:<first --candidate-sizes or 64>:<--max-candidates>; the max "
+                          "must cover the limits")
+    eng.add_argument("--trt-workspace-gb", type=float, default=None,
+                     help="TensorRT workspace memory pool limit in GiB (default: TensorRT's)")
+    eng.add_argument("--trt-timing-cache", default=TensorRTOptions().timing_cache, metavar="PATH",
+                     help="TensorRT timing cache, read before and written after each build (kept outside the repository)")
+    eng.add_argument("--trt-version-compatible", action="store_true",
+                     help="version-compatible plans (loadable by newer TensorRT; serve them with "
+                          "`--backend-config=tensorrt,version-compatible=true`, see deploy/README.md)")
+    eng.add_argument("--trt-hardware-compatible", action="store_true",
+                     help="plans that run on every Ampere-or-newer GPU (slower than plans for one GPU)")
+
+    rep = p.add_argument_group("Triton repository")
+    rep.add_argument("--target", choices=repo.TARGETS, default="cpu",
+                     help="cpu (Python engine host, ONNX Runtime, KIND_CPU), gpu-python (Python host on the GPU: "
+                          "tensorrt > aoti > torch > onnxruntime, the first built), gpu-onnxruntime (onnxruntime_onnx), "
+                          "gpu-tensorrt (tensorrt_plan; needs --engines tensorrt)")
+    rep.add_argument("--python-engine", default=None, choices=("onnxruntime", "torch", "torch_compile", "aoti",
+                                                                "tensorrt"),
+                     help="engine kind of the Python host (cpu / gpu-python targets); default per target")
+    rep.add_argument("--max-batch-size", type=int, default=k.DEFAULT_MAX_BATCH_SIZE,
+                     help="users per request (Triton max_batch_size of every model)")
+    rep.add_argument("--max-candidates", type=int, default=1024,
+                     help="candidates per user the server accepts (enforced before any work)")
+    rep.add_argument("--candidate-sizes", default="", metavar="C,C,...",
+                     help="fixed candidate counts the client pads to (hash-0 candidates, exact), so native backends "
+                          "batch requests of different C; the last must equal --max-candidates; empty = any C")
+    rep.add_argument("--max-request-mb", type=float, default=k.DEFAULT_MAX_REQUEST_BYTES / (1 << 20),
+                     help="largest request (sum of input bytes) the engine hosts accept, in MiB")
+    rep.add_argument("--queue-delay-us", type=int, default=repo.DEFAULT_QUEUE_DELAY_US,
+                     help="dynamic batching max_queue_delay_microseconds (0 = no waiting; measured, see "
+                          "triton_repo/README.md)")
+    rep.add_argument("--instances", type=int, default=1, help="instances of each engine model (instance_group count)")
+    rep.add_argument("--ort-tensorrt", action="store_true",
+                     help="gpu-onnxruntime: ONNX Runtime's TensorRT accelerator, with profiles from the limits and an "
+                          "engine cache")
+    rep.add_argument("--corpus", type=int, default=1000,
+                     help="synthetic retrieval corpus (seeded builds): posts 1..N through the candidate tower")
+    rep.add_argument("--corpus-file", default=None, metavar="FILE.npz",
+                     help="retrieval corpus: .npz with post_ids, author_ids and optional candidate_representations "
+                          "[N, D] (else computed by the candidate tower) and topics")
+    rep.add_argument("--top-k", type=int, default=200, help="largest number of posts phoenix_retrieval returns")
+    rep.add_argument("--retrieval-index", choices=("exact", "faiss"), default="exact",
+                     help="exact top-k (default) or an approximate FAISS HNSW index (faiss-cpu; recall measured in "
+                          "the benchmarks)")
+    rep.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
+                     help="home-mixer scoring parameter of phoenix_postprocess, e.g. --weight report=-300, "
+                          "--weight oon_factor=0.5 (repeatable; recorded in the manifest)")
+    p.add_argument("--output", default=str(DEFAULT_OUTPUT),
+                   help="repository folder to write (replaced atomically; must be new, empty or a previous build)")
+    return p
+
+
+def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOptions, BuildOptions]:
+    """The command line -> the plain option records the library functions take (checked here, once)."""
+    if args.vocab < 2:
+        p.error(f"--vocab must be at least 2 (row 0 is padding), got {args.vocab}")
+    for opt in ("checkpoint", "retrieval_checkpoint", "tables", "extra_features", "corpus_file"):
+        value = getattr(args, opt)
+        if value and not Path(value).is_file():
+            p.error(f"--{opt.replace('_', '-')} {value}: no such file")
+    kinds = tuple(x.strip() for x in args.engines.split(",") if x.strip() and x.strip() != "none")
+    unknown = [x for x in kinds if x not in ENGINE_CHOICES]
+    if unknown:
+        p.error(f"--engines: unknown engine(s) {unknown}; choose from {', '.join(ENGINE_CHOICES)} (comma list)")
+    try:
+        sizes = tuple(int(x) for x in args.candidate_sizes.split(",") if x.strip())
+        extra = features_from_json(json.loads(Path(args.extra_features).read_text())) if args.extra_features else ()
+        weights = {}
+        for item in args.weight:
+            name, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"--weight {item!r}: expected NAME=VALUE, e.g. report=-300")
+            name = name.strip()
+            weights[name if name in k.SCALAR_PARAMS else f"weight.{name}"] = value.strip()
+        k.scoring_params(weights)            # unknown names and non-numbers fail here, in seconds
+        limits = Limits(args.max_batch_size, args.max_candidates, 1, int(args.max_request_mb * (1 << 20)), sizes)
+    except (ValueError, json.JSONDecodeError) as e:
+        p.error(str(e))
+    source = ModelSource(args.preset, args.release, args.precision, args.artifacts, args.checkpoint,
+                         args.retrieval_checkpoint, args.tables, args.vocab, args.seed, args.history_attention,
+                         args.right_anchored_rope, extra, not args.no_towers)
+    opts = repo.RepositoryOptions(args.target, limits.max_batch_size, limits.max_candidates, limits.candidate_sizes,
+                                  limits.max_request_bytes, args.queue_delay_us, args.instances, args.python_engine,
+                                  args.ort_tensorrt, args.corpus, args.corpus_file, args.top_k, args.retrieval_index,
+                                  weights)
+    trt = TensorRTOptions(args.trt_profile, args.trt_workspace_gb, args.trt_timing_cache, args.trt_version_compatible,
+                          args.trt_hardware_compatible)
+    return source, opts, EngineOptions(kinds, args.aoti_device, trt), BuildOptions(Path(args.output), args.opset)
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.vocab < 2:
-        p.error(f"--vocab must be at least 2 (row 0 is padding), got {args.vocab}")
-    unknown = [k for k in args.engines.split(",") if k.strip() and k.strip() not in ENGINE_CHOICES]
-    if unknown:
-        p.error(f"--engines: unknown engine(s) {unknown}; choose from {', '.join(ENGINE_CHOICES)} (comma list)")
-    for opt in ("checkpoint", "retrieval_checkpoint", "tables"):
-        value = getattr(args, opt)
-        if value and not Path(value).is_file():
-            p.error(f"--{opt.replace('_', '-')} {value}: no such file")
+    source, opts, engines, build_opts = options_from(args, p)
+    old = signal.signal(signal.SIGTERM, _stop)   # SIGTERM unwinds like Ctrl-C: the staging folder is removed
     try:
-        check_requested_engines(args)  # fail in seconds, not after the ONNX export
-        build(args)
-    except Exception as e:  # every failure ends the same way: a message, no manifest, exit 1
-        if not isinstance(e, (BuildError, ParityError, EngineUnavailable, ValueError, KeyError, OSError)):
+        if engines.kinds:
+            resolve_kinds([x for x in engines.kinds if x != "auto"])   # fail in seconds, not after the export
+        build(source, opts, engines, build_opts)
+    except KeyboardInterrupt:
+        console.print(f"[red]build interrupted: {build_opts.output} was left as it was[/]", soft_wrap=True)
+        return 130
+    except Exception as e:  # every failure ends the same way: a message, the output untouched, exit 1
+        if _interrupted(e):   # a library (the ONNX exporter) wrapped the interrupt in its own error
+            console.print(f"[red]build interrupted: {build_opts.output} was left as it was[/]", soft_wrap=True)
+            return 130
+        if not isinstance(e, (BuildError, ParityError, EngineUnavailable, ArtifactsError, ValueError, KeyError,
+                              OSError)):
             console.print_exception(max_frames=8)
         console.print(f"[bold red]build failed:[/] {type(e).__name__}: {e}", soft_wrap=True)
-        console.print(f"[red]no manifest.json was written to {args.output}[/]")
+        console.print(f"[red]{build_opts.output} was left as it was (no partial build)[/]", soft_wrap=True)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)
     return 0
 
 

@@ -16,9 +16,11 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
+from export.contract import Artifact
 from export.graphs import GraphSpec
 
 OPSET = 18                      # TensorRT 10.0+ parses opsets 9..20; ONNX Runtime 1.18+ runs 18
@@ -44,8 +46,8 @@ def module_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
-def export_onnx(spec: GraphSpec, path, opset: int = OPSET, root=None, external_data: bool | None = None) -> dict:
-    """Export `spec` to `path`; return its artifact dict (path relative to `root` when given)."""
+def export_onnx(spec: GraphSpec, path, opset: int = OPSET, root=None, external_data: bool | None = None) -> Artifact:
+    """Export `spec` to `path`; return its artifact (path relative to `root` when given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
@@ -66,16 +68,25 @@ def export_onnx(spec: GraphSpec, path, opset: int = OPSET, root=None, external_d
     check_graph(model, spec, opset)
     onnx.save(model, str(path))            # keeps the external-data references as they are
     onnx.checker.check_model(str(path), full_check=True)
-    artifact = {
-        "name": f"{spec.name}_onnx", "model": spec.name, "kind": "onnx",
-        "path": str(path.relative_to(root)) if root else str(path),
-        "precision": spec.precision, "opset": opset,
-        "inputs": [t.to_dict() for t in spec.inputs], "outputs": [t.to_dict() for t in spec.outputs],
-        "export_s": round(time.perf_counter() - start, 2),
-    }
-    if external_data:
-        artifact["external_data"] = path.name + ".data"
-    return artifact
+    return Artifact(name=f"{spec.name}_onnx", model=spec.name, kind="onnx",
+                    path=str(path.relative_to(root)) if root else str(path), precision=spec.precision,
+                    inputs=[t.to_dict() for t in spec.inputs], outputs=[t.to_dict() for t in spec.outputs],
+                    files=[path.name + ".data"] if external_data else [],
+                    info={"opset": opset, "export_s": round(time.perf_counter() - start, 2)})
+
+
+def write_cpu_bf16(artifact: Artifact, root) -> Artifact:
+    """The graph ONNX Runtime's CPU provider serves for a bf16 build (`<name>.cpu.onnx`): bf16 computed in
+    float32 and rounded to bf16 where produced (emulate_bf16), the values a bf16-storage / fp32-accumulate
+    device computes. The original graph stays for GPU engines (recorded with device "cuda")."""
+    root = Path(root)
+    src = root / artifact.path
+    dst = src.with_name(src.stem + ".cpu.onnx")
+    onnx.save(emulate_bf16(onnx.load(str(src))), str(dst))
+    artifact.device = "cuda"
+    return Artifact(name=f"{artifact.name}_cpu", model=artifact.model, kind="onnx",
+                    path=str(dst.relative_to(root)), precision=artifact.precision, inputs=artifact.inputs,
+                    outputs=artifact.outputs, device="cpu", info={**artifact.info, "bf16_emulated": True})
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -162,3 +173,43 @@ def op_types(model: onnx.ModelProto) -> set[str]:
     for f in model.functions:
         ops.update(n.op_type for n in f.node)
     return ops
+
+
+# ---------------------------------------------------------------------------------------------- bf16 on CPU
+
+def emulate_bf16(model):
+    """A copy of an ONNX model where bf16 tensors are computed in float32 and rounded to bf16 where produced."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    bf16, f32 = TensorProto.BFLOAT16, TensorProto.FLOAT
+
+    def as_f32(t):
+        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
+
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = model.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
+    for i, t in enumerate(g.initializer):
+        if t.data_type == bf16:
+            g.initializer[i].CopyFrom(as_f32(t))
+    nodes = []
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == bf16:
+                a.t.CopyFrom(as_f32(a.t))
+            if n.op_type == "Cast" and a.name == "to" and a.i == bf16:
+                a.i = f32
+        rounded = [(i, o) for i, o in enumerate(n.output) if types.get(o) == bf16]
+        for i, o in rounded:
+            n.output[i] = f"{o}__f32"
+        nodes.append(n)
+        for _, o in rounded:
+            nodes.append(helper.make_node("Cast", [f"{o}__f32"], [f"{o}__bf16"], to=bf16))
+            nodes.append(helper.make_node("Cast", [f"{o}__bf16"], [o], to=f32))
+    del g.node[:]
+    g.node.extend(nodes)
+    for v in [*g.input, *g.output]:
+        if v.type.tensor_type.elem_type == bf16:
+            v.type.tensor_type.elem_type = f32
+    del g.value_info[:]
+    return model

@@ -1,54 +1,31 @@
-"""Load and call any built engine through one interface (docs/design.md, "Runtime interface").
+"""Load and call any built engine through one interface.
 
-    engine = load_engine("triton_repo", model="ranker", kind="onnxruntime", device="cpu")
-    out = engine({"user_hashes": ..., ...})        # numpy or torch in -> {name: numpy array}
+    engine = open_engine(artifact, root, device="cpu")           # an artifact record of the manifest
+    out = engine({"user_hashes": ..., ...})                      # numpy (or torch) in -> {name: numpy array}
+    engine = load_engine("repo", model="ranker_embeddings", kind="onnxruntime")   # the same, found by the manifest
 
-Kinds: `torch` (eager), `torch_compile`, `onnxruntime`, `aoti` (export.aoti.AotiEngine) and `tensorrt`
-(export.tensorrt.TensorRTEngine); the last two are imported only when asked for. Every engine checks its
-feed against the manifest's input specs first: a missing or unexpected name, a wrong dtype, rank or
-fixed dim, or a symbolic dim ("B", "C") that disagrees between inputs raises `EngineInputError`
-naming the input.
+Kinds: `onnxruntime` (an ONNX graph), `torch` and `torch_compile` (a `torch.export` program, eager or
+compiled), `aoti` (an AOTInductor package) and `tensorrt` (a TensorRT plan). Each engine first checks its
+feed against the artifact's input specs: a missing or unexpected name, a wrong dtype, rank or fixed dim,
+or a symbolic dim ("B", "C") that disagrees between inputs raises `EngineInputError` naming the input.
 
-ONNX Runtime's CPU provider has no bfloat16 MatMul, so on CPU a bf16 graph runs through
-`emulate_bf16`: every bf16 tensor is computed in float32 and rounded to bf16 (Cast to bf16 and back)
-where the graph produced it, the same values a bf16-storage / fp32-accumulate device computes.
+Devices: "cpu" or "cuda:N"; every GPU engine runs on GPU N (a Triton instance's device), TensorRT on a
+CUDA stream of its own. Only numpy and the engine's own runtime (onnxruntime, torch, tensorrt) are
+imported, each when first needed: the build copies this file into the model repository
+(`phoenix_export/runtime.py`) for the Python-backend engine host.
 """
 from __future__ import annotations
 
-import importlib
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from export.manifest import find_artifact, read_manifest
+from .contract import find_artifact, read_manifest
 
-KINDS = ("torch", "torch_compile", "onnxruntime", "aoti", "tensorrt")
-ARTIFACT_KIND = {"torch": "torch", "torch_compile": "torch", "onnxruntime": "onnx", "aoti": "aoti",
+KINDS = ("onnxruntime", "torch", "torch_compile", "aoti", "tensorrt")
+ARTIFACT_KIND = {"onnxruntime": "onnx", "torch": "torch_export", "torch_compile": "torch_export", "aoti": "aoti",
                  "tensorrt": "tensorrt"}
-MODELS = ("ranker", "ranker_embeddings", "user_tower", "candidate_tower")
-
-
-TOLERANCE = {"fp32": 1e-4, "bf16": 1e-1}    # max abs error of float outputs between two engines
-
-
-class ParityError(RuntimeError):
-    """Two engines (or an engine and torch) disagree beyond the precision's tolerance."""
-
-
-def max_abs_err(got: dict, want: dict, names) -> float:
-    """Largest |got - want| over the float outputs `names`; integer outputs must match exactly (else inf)."""
-    worst = 0.0
-    for n in names:
-        g, w = to_numpy(got[n]), to_numpy(want[n])
-        if g.shape != w.shape:
-            return float("inf")
-        if np.issubdtype(w.dtype, np.floating):
-            if g.size:
-                worst = max(worst, float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))))
-        elif not np.array_equal(g, w):
-            return float("inf")
-    return worst
 
 
 class EngineInputError(ValueError):
@@ -59,13 +36,24 @@ class EngineUnavailable(RuntimeError):
     """The engine kind cannot run here (the message says why)."""
 
 
-def _dtype_name(value) -> str:
-    """numpy-style dtype name of a numpy array or torch tensor ("int32", "float32", ...)."""
-    return str(value.dtype).removeprefix("torch.")
+def device_index(device: str) -> int:
+    """"cuda:2" -> 2, "cuda" -> 0."""
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+def to_numpy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):
+        value = value.detach()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.cpu().numpy()
+    return np.asarray(value)
 
 
 class Engine:
-    """Base class: validation and numpy conversion; subclasses implement `run(feed) -> dict`."""
+    """Base class: feed validation; subclasses implement `run(feed) -> dict`."""
 
     kind = "base"
 
@@ -85,29 +73,23 @@ class Engine:
     def validate(self, feed: dict) -> dict:
         """Check names, dtypes, ranks and dims of `feed`; return it unchanged."""
         if not isinstance(feed, dict):
-            raise EngineInputError(f"{self.kind} engine: the feed must be a dict of input name -> array, "
-                                   f"got {type(feed).__name__}")
+            raise EngineInputError(f"{self.kind} engine: the feed must be a dict of input name -> array")
         missing = [n for n in self.input_names if n not in feed]
         extra = [n for n in feed if n not in self.input_names]
-        if missing:
-            raise EngineInputError(f"{self.model} ({self.kind}): missing input(s) {missing}; "
-                                   f"expected {self.input_names}")
-        if extra:
-            raise EngineInputError(f"{self.model} ({self.kind}): unexpected input(s) {extra}; "
-                                   f"expected {self.input_names}")
+        if missing or extra:
+            raise EngineInputError(f"{self.model} ({self.kind}): missing input(s) {missing}, unexpected input(s) "
+                                   f"{extra}; expected {self.input_names}")
         sizes: dict[str, tuple[int, str]] = {}
         for spec in self.inputs:
             name, value = spec["name"], feed[spec["name"]]
             if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-                raise EngineInputError(f"input {name!r} must be a numpy array or torch tensor, "
-                                       f"got {type(value).__name__}")
-            got = _dtype_name(value)
+                raise EngineInputError(f"input {name!r} must be a numpy array or torch tensor")
+            got = str(value.dtype).removeprefix("torch.")
             if got != spec["dtype"]:
                 raise EngineInputError(f"input {name!r} has dtype {got}, expected {spec['dtype']}")
             shape, want = tuple(value.shape), spec["shape"]
             if len(shape) != len(want):
-                raise EngineInputError(f"input {name!r} has rank {len(shape)} (shape {list(shape)}), expected "
-                                       f"rank {len(want)} {want}")
+                raise EngineInputError(f"input {name!r} has shape {list(shape)}, expected {want}")
             for axis, (n, w) in enumerate(zip(shape, want)):
                 if isinstance(w, str):
                     if n < 1:
@@ -117,8 +99,7 @@ class Engine:
                                                f"{sizes[w][1]!r} has {w}={sizes[w][0]}")
                     sizes.setdefault(w, (n, name))
                 elif n != w:
-                    raise EngineInputError(f"input {name!r} has shape {list(shape)}, expected {want} "
-                                           f"(axis {axis} must be {w})")
+                    raise EngineInputError(f"input {name!r} has shape {list(shape)}, expected {want}")
         return feed
 
     def __call__(self, feed: dict) -> dict[str, np.ndarray]:
@@ -128,122 +109,18 @@ class Engine:
         raise NotImplementedError
 
     def __repr__(self):
-        return f"{type(self).__name__}(model={self.model!r}, kind={self.kind!r}, device={self.device!r}, " \
-               f"precision={self.precision!r})"
-
-
-def to_numpy(value) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):
-        value = value.detach()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        return value.cpu().numpy()
-    return np.asarray(value)
-
-
-# ---------------------------------------------------------------------------------------------- torch
-
-class TorchEngine(Engine):
-    """The GraphSpec module run by PyTorch eager (or torch.compile with `compile=True`)."""
-
-    kind = "torch"
-
-    def __init__(self, module, inputs, outputs, device="cpu", precision="fp32", model="ranker", compile=False):
-        import torch
-
-        super().__init__(inputs, outputs, device, precision, model)
-        self.torch = torch
-        self.module = module.to(device).eval()
-        if compile:
-            self.kind = "torch_compile"
-            self.module = torch.compile(self.module, dynamic=True)
-
-    @classmethod
-    def from_spec(cls, spec, device="cpu", compile=False):
-        return cls(spec.module, [t.to_dict() for t in spec.inputs], [t.to_dict() for t in spec.outputs],
-                   device, spec.precision, spec.name, compile)
-
-    def run(self, feed):
-        torch = self.torch
-        args = [torch.as_tensor(feed[n]).to(self.device) for n in self.input_names]
-        with torch.inference_mode():
-            outs = self.module(*args)
-        return {n: to_numpy(o) for n, o in zip(self.output_names, outs)}
-
-
-def load_torch_module(manifest: dict, root: Path, artifact: dict):
-    """Rebuild the graph module of `artifact["model"]` from the manifest's configs and load its state dict."""
-    import torch
-
-    from export.graphs import graphs_from_manifest
-
-    specs = graphs_from_manifest(manifest, models=(artifact["model"],))
-    module = specs[artifact["model"]].module
-    state = torch.load(root / artifact["path"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
-    return module
+        return f"{type(self).__name__}(model={self.model!r}, device={self.device!r}, precision={self.precision!r})"
 
 
 # ---------------------------------------------------------------------------------------------- ONNX Runtime
 
-def ort_providers(device: str) -> list[str]:
-    import onnxruntime as ort
-
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise EngineUnavailable(
-                f"onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); this onnxruntime "
-                f"{ort.__version__} has only {ort.get_available_providers()}")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def emulate_bf16(model):
-    """A copy of an ONNX model where bf16 tensors are computed in float32 and rounded to bf16 where produced."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    bf16, f32 = TensorProto.BFLOAT16, TensorProto.FLOAT
-
-    def as_f32(t):
-        return numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name)
-
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    g = model.graph
-    types = {v.name: v.type.tensor_type.elem_type for v in [*g.input, *g.output, *g.value_info]}
-    for i, t in enumerate(g.initializer):
-        if t.data_type == bf16:
-            g.initializer[i].CopyFrom(as_f32(t))
-    nodes = []
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_type == bf16:
-                a.t.CopyFrom(as_f32(a.t))
-            if n.op_type == "Cast" and a.name == "to" and a.i == bf16:
-                a.i = f32
-        rounded = [(i, o) for i, o in enumerate(n.output) if types.get(o) == bf16]
-        for i, o in rounded:
-            n.output[i] = f"{o}__f32"
-        nodes.append(n)
-        for _, o in rounded:
-            nodes.append(helper.make_node("Cast", [f"{o}__f32"], [f"{o}__bf16"], to=bf16))
-            nodes.append(helper.make_node("Cast", [f"{o}__bf16"], [o], to=f32))
-    del g.node[:]
-    g.node.extend(nodes)
-    for v in [*g.input, *g.output]:
-        if v.type.tensor_type.elem_type == bf16:
-            v.type.tensor_type.elem_type = f32
-    del g.value_info[:]
-    return model
-
-
 class OnnxRuntimeEngine(Engine):
+    """An ONNX graph in ONNX Runtime (CPU, or CUDA on GPU N with onnxruntime-gpu). On CPU a bf16 build
+    serves the graph the build wrote for it (bf16 emulated in float32: the CPU provider has no bf16 MatMul)."""
+
     kind = "onnxruntime"
 
     def __init__(self, path, inputs, outputs, device="cpu", precision="fp32", model="ranker", threads: int = 0):
-        import onnx
         import onnxruntime as ort
 
         super().__init__(inputs, outputs, device, precision, model)
@@ -251,81 +128,227 @@ class OnnxRuntimeEngine(Engine):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
-        providers = ort_providers(device)
-        source = str(path)
-        if precision == "bf16" and not device.startswith("cuda"):
-            proto = onnx.load(str(path))  # external data loaded too
-            source = emulate_bf16(proto).SerializeToString()
-        self.session = ort.InferenceSession(source, sess_options=opts, providers=providers)
-        self.session_inputs = [i.name for i in self.session.get_inputs()]
-
-    @classmethod
-    def from_artifact(cls, artifact: dict, root, device="cpu", **kw):
-        return cls(Path(root) / artifact["path"], artifact["inputs"], artifact["outputs"], device,
-                   artifact.get("precision", "fp32"), artifact["model"], **kw)
+        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=ort_providers(device))
 
     def run(self, feed):
-        arrays = {n: np.ascontiguousarray(to_numpy(feed[n])) for n in self.session_inputs}
-        outs = self.session.run(self.output_names, arrays)
-        return dict(zip(self.output_names, outs))
+        arrays = {n: np.ascontiguousarray(to_numpy(feed[n])) for n in self.input_names}
+        return dict(zip(self.output_names, self.session.run(self.output_names, arrays)))
+
+
+def ort_providers(device: str) -> list:
+    """ONNX Runtime providers for "cpu" or "cuda:N" (the CUDA provider pinned to GPU N)."""
+    import onnxruntime as ort
+
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EngineUnavailable(f"onnxruntime on {device} needs onnxruntime-gpu (CUDAExecutionProvider); this "
+                                f"onnxruntime {ort.__version__} has only {ort.get_available_providers()}")
+    return [("CUDAExecutionProvider", {"device_id": device_index(device)}), "CPUExecutionProvider"]
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+class TorchEngine(Engine):
+    """A torch.export program (.pt2 written by torch.export.save), eager or under torch.compile."""
+
+    kind = "torch"
+
+    def __init__(self, path, inputs, outputs, device="cpu", precision="fp32", model="ranker", compile=False):
+        import torch
+
+        super().__init__(inputs, outputs, device, precision, model)
+        self.torch = torch
+        self.module = torch.export.load(str(path)).module().to(device)
+        if compile:
+            self.kind = "torch_compile"
+            self.module = torch.compile(self.module, dynamic=True)
+
+    def run(self, feed):
+        torch = self.torch
+        args = [torch.as_tensor(to_numpy(feed[n])).to(self.device) for n in self.input_names]
+        with torch.inference_mode():
+            outs = self.module(*args)
+        return {n: to_numpy(o) for n, o in zip(self.output_names, outs)}
+
+
+class AotiEngine(Engine):
+    """An AOTInductor package (.pt2: compiled code + weights) for CPU or CUDA."""
+
+    kind = "aoti"
+
+    def __init__(self, path, inputs, outputs, device="cpu", precision="fp32", model="ranker", built_for="cpu",
+                 torch_version="?"):
+        import torch
+
+        if device.split(":")[0] != built_for:
+            raise EngineUnavailable(f"{path} was compiled for {built_for}, not {device}; rebuild with "
+                                    f"`python -m export.build --engines aoti --aoti-device {device.split(':')[0]}`")
+        super().__init__(inputs, outputs, device, precision, model)
+        self.torch = torch
+        self.dtypes = {i["name"]: getattr(torch, i["dtype"]) for i in inputs}
+        try:
+            if device.startswith("cuda"):
+                with torch.cuda.device(device_index(device)):
+                    self.compiled = torch._inductor.aoti_load_package(str(path), device_index=device_index(device))
+            else:
+                self.compiled = torch._inductor.aoti_load_package(str(path))
+        except Exception as e:
+            raise EngineUnavailable(f"could not load {path} (built by torch {torch_version}, this is torch "
+                                    f"{torch.__version__}): {e}") from None
+
+    def run(self, feed: dict) -> dict:
+        torch = self.torch
+        args = [torch.as_tensor(to_numpy(feed[n])).to(device=self.device, dtype=self.dtypes[n]).contiguous()
+                for n in self.input_names]
+        with torch.no_grad():
+            outs = self.compiled(*args)
+        return {n: to_numpy(o) for n, o in zip(self.output_names, outs)}
+
+
+# ---------------------------------------------------------------------------------------------- TensorRT
+
+class PlanRunner:
+    """A deserialized TensorRT plan on GPU N, run on a CUDA stream of its own (TensorRT 10 name-based API:
+    set_input_shape / set_tensor_address / execute_async_v3). Inputs and outputs are torch CUDA tensors."""
+
+    def __init__(self, plan_path, device: str = "cuda:0", allow_host_code: bool = False):
+        import tensorrt as trt
+        import torch
+
+        self.trt, self.torch = trt, torch
+        self.device = torch.device("cuda", device_index(device))
+        with torch.cuda.device(self.device):
+            runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            if allow_host_code:  # version-compatible plans carry the lean runtime as host code
+                runtime.engine_host_code_allowed = True
+            self.engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
+            if self.engine is None:
+                raise RuntimeError(f"TensorRT could not deserialize {plan_path} (built by another TensorRT version "
+                                   f"or for another GPU? see {Path(plan_path).name}.json)")
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device=self.device)
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.input_names = [n for n in names if is_input[n]]
+        self.output_names = [n for n in names if not is_input[n]]
+        self.dtypes = {n: _torch_dtype(trt, torch, self.engine.get_tensor_dtype(n)) for n in names}
+
+    def __call__(self, feeds: dict) -> dict:
+        torch = self.torch
+        keep = []
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            for name in self.input_names:
+                t = torch.as_tensor(to_numpy(feeds[name])) if not isinstance(feeds[name], torch.Tensor) else feeds[name]
+                t = t.to(device=self.device, dtype=self.dtypes[name], non_blocking=True).contiguous()
+                if not self.context.set_input_shape(name, tuple(t.shape)):
+                    raise EngineInputError(f"input {name!r} has shape {tuple(t.shape)}, outside the plan's optimization "
+                                           f"profile (min, opt, max) "
+                                           f"{[tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0)]}")
+                self.context.set_tensor_address(name, t.data_ptr())
+                keep.append(t)
+            outs = {}
+            for name in self.output_names:
+                outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name],
+                                         device=self.device)
+                self.context.set_tensor_address(name, outs[name].data_ptr())
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log")
+            self.stream.synchronize()
+        return outs
+
+
+def _torch_dtype(trt, torch, dtype):
+    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
+             "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
+    for name, torch_dtype in table.items():
+        if getattr(trt.DataType, name, None) == dtype:
+            return torch_dtype
+    raise TypeError(f"TensorRT tensor type {dtype} has no torch equivalent here")
+
+
+class TensorRTEngine(Engine):
+    """A TensorRT plan behind the runtime interface (CUDA only)."""
+
+    kind = "tensorrt"
+
+    def __init__(self, path, inputs, outputs, device="cuda:0", precision="fp32", model="ranker",
+                 version_compatible=False):
+        if not str(device).startswith("cuda"):
+            raise EngineUnavailable(f"TensorRT plans run on a CUDA GPU only, not on {device!r}")
+        reason = tensorrt_missing()
+        if reason:
+            raise EngineUnavailable(reason)
+        super().__init__(inputs, outputs, device, precision, model)
+        self.runner = PlanRunner(path, device, allow_host_code=version_compatible)
+
+    def run(self, feed: dict) -> dict:
+        return {n: to_numpy(t) for n, t in self.runner(feed).items()}
+
+
+def tensorrt_missing() -> str | None:
+    """Why TensorRT plans cannot run here, or None."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return ("TensorRT engines need the `tensorrt` Python package, which is not installed here: use NVIDIA's "
+                "container (nvcr.io/nvidia/tensorrt or tritonserver, see deploy/) or pip's `tensorrt` on a host "
+                "that reaches pypi.nvidia.com")
+    import torch
+    if not torch.cuda.is_available():
+        return "TensorRT engines need a CUDA GPU, and torch sees none here"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- dispatch
 
-def _optional(module: str, cls: str, why: str):
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as e:
-        raise EngineUnavailable(f"{why}: {module}.{cls} could not be imported ({e})") from None
-    except AttributeError:
-        raise EngineUnavailable(f"{why}: {module} has no {cls} (the engines part of the build is not "
-                                f"installed in this checkout)") from None
+def open_engine(artifact: dict, root, device: str = "cpu", kind: str | None = None, **kw) -> Engine:
+    """The engine of one manifest artifact (files under `root`); `kind` chooses torch vs torch_compile."""
+    kind = kind or {v: k for k, v in ARTIFACT_KIND.items()}[artifact["kind"]]
+    if ARTIFACT_KIND.get(kind) != artifact["kind"]:
+        raise ValueError(f"engine kind {kind!r} cannot run a {artifact['kind']!r} artifact")
+    path = Path(root) / artifact["path"]
+    common = (artifact["inputs"], artifact["outputs"], device, artifact.get("precision", "fp32"), artifact["model"])
+    if kind == "onnxruntime":
+        return OnnxRuntimeEngine(path, *common, **kw)
+    if kind in ("torch", "torch_compile"):
+        return TorchEngine(path, *common, compile=kind == "torch_compile")
+    if kind == "aoti":
+        info = artifact.get("info", {})
+        return AotiEngine(path, *common, built_for=artifact.get("device", "cpu"),
+                          torch_version=info.get("torch_version", "?"))
+    return TensorRTEngine(path, *common, version_compatible=artifact.get("info", {}).get("version_compatible", False))
 
 
-def _reason(module: str) -> str | None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        return f"{module} cannot be imported ({e})"
-    fn = getattr(mod, "unavailable_reason", None)
-    return fn() if fn else None
+def load_engine(manifest_dir, model: str = "ranker_embeddings", kind: str = "onnxruntime", device: str = "cpu",
+                **kw) -> Engine:
+    """The `kind` engine of graph `model` from the build at `manifest_dir` (the folder with manifest.json)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown engine kind {kind!r}; kinds are {list(KINDS)}")
+    manifest = read_manifest(manifest_dir)
+    return open_engine(find_artifact(manifest, model, ARTIFACT_KIND[kind], device), manifest_dir, device, kind, **kw)
+
+
+def compiler_missing() -> str | None:
+    """Why torch.compile / AOTInductor cannot compile here (Inductor writes C++ and builds it), or None."""
+    if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        return None
+    return "torch.compile and AOTInductor compile C++: install a C++ compiler (g++ or clang++) and put it on PATH"
 
 
 def available_engines() -> dict[str, str | None]:
     """{kind: None if it can run here, else the reason it cannot}."""
-    out: dict[str, str | None] = {"torch": None}
-    out["torch_compile"] = None if (shutil.which("cc") or shutil.which("gcc") or shutil.which("g++")) else \
-        "torch.compile on CPU needs a C/C++ compiler (cc, gcc or g++) on PATH"
+    out: dict[str, str | None] = {}
     try:
         import onnxruntime  # noqa: F401
         out["onnxruntime"] = None
     except ImportError as e:
         out["onnxruntime"] = f"onnxruntime is not installed ({e})"
-    out["aoti"] = _reason("export.aoti")
-    out["tensorrt"] = _reason("export.tensorrt")
+    try:
+        import torch  # noqa: F401
+        out["torch"] = None
+        out["torch_compile"] = out["aoti"] = compiler_missing()
+    except ImportError as e:
+        out["torch"] = out["torch_compile"] = out["aoti"] = f"torch is not installed ({e})"
+    out["tensorrt"] = tensorrt_missing()
     return out
-
-
-def load_engine(manifest_dir, model: str = "ranker", kind: str = "onnxruntime", device: str = "cpu", **kw) -> Engine:
-    """The `kind` engine of `model` from the build at `manifest_dir` (the folder with manifest.json)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown engine kind {kind!r}; kinds are {list(KINDS)}")
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; models are {list(MODELS)}")
-    if kind == "tensorrt" and _reason("export.tensorrt"):
-        raise EngineUnavailable(_reason("export.tensorrt"))
-    root = Path(manifest_dir)
-    manifest = read_manifest(root)
-    artifact = find_artifact(manifest, model, ARTIFACT_KIND[kind], device)
-    if kind == "onnxruntime":
-        return OnnxRuntimeEngine.from_artifact(artifact, root, device, **kw)
-    if kind in ("torch", "torch_compile"):
-        io = find_artifact(manifest, model, "onnx") if not artifact.get("inputs") else artifact
-        module = load_torch_module(manifest, root, artifact)
-        return TorchEngine(module, io["inputs"], io["outputs"], device, artifact.get("precision", "fp32"), model,
-                           compile=kind == "torch_compile")
-    if kind == "aoti":
-        cls = _optional("export.aoti", "AotiEngine", "the aoti engine is unavailable")
-    else:
-        cls = _optional("export.tensorrt", "TensorRTEngine", "the tensorrt engine is unavailable")
-    return cls(artifact, root, device)

@@ -2,7 +2,8 @@
 
 Strongly typed networks only: the precision of every tensor comes from the ONNX graph (no FP16/INT8
 builder flags; TensorRT 11 removed them). One optimization profile covers the dynamic dims "B"
-(users) and "C" (candidates). Next to each `model.plan` goes `model.plan.json` (TensorRT version,
+(users, up to Triton's max_batch_size) and "C" (candidates, up to the served limit; its opt is the
+first of the build's fixed candidate sizes). Next to each `model.plan` goes `model.plan.json` (TensorRT version,
 GPU, profile, precision, the source graph's sha256).
 
 The first half of this file is pure Python (profile parsing and validation, the shapes the
@@ -16,20 +17,9 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from export.runtime import Engine, EngineUnavailable, to_numpy
+from export.runtime import tensorrt_missing
 
 DYNAMIC_DIMS = ("B", "C")
-DEFAULT_BATCH = (1, 8, 64)      # users per request: min, opt, max
-MAX_CANDIDATES = 1000           # production serves about 1000 candidates per request
-
-MISSING_TENSORRT = (
-    "TensorRT engines need the `tensorrt` Python package, which is not installed here: build them on a "
-    "GPU host inside NVIDIA's container (nvcr.io/nvidia/tensorrt:<release>-py3) or run "
-    "`pip install tensorrt --extra-index-url https://pypi.nvidia.com` on a host that can reach NVIDIA's index."
-)
-NO_GPU = "TensorRT engines need a CUDA GPU, and torch sees none here (torch.cuda.is_available() is False)."
 
 
 class ProfileError(ValueError):
@@ -39,10 +29,21 @@ class ProfileError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Profiles (pure Python)
 
-def default_profile(opt_candidates: int, max_batch: int = DEFAULT_BATCH[2]) -> dict[str, tuple[int, int, int]]:
-    """B=1:8:<max batch> (Triton's max_batch_size), C=1:<preset candidates>:max(1000, preset candidates)."""
-    c, b = int(opt_candidates), int(max_batch)
-    return {"B": (1, min(DEFAULT_BATCH[1], b), b), "C": (1, c, max(MAX_CANDIDATES, c))}
+def default_profile(limits) -> dict[str, tuple[int, int, int]]:
+    """B=1:min(8, max):<max_batch_size>, C=1:<smallest candidate size>:<max_candidates> (contract.Limits)."""
+    b = int(limits.max_batch_size)
+    c_opt = limits.candidate_sizes[0] if limits.candidate_sizes else min(64, limits.max_candidates)
+    return {"B": (1, min(8, b), b), "C": (1, c_opt, int(limits.max_candidates))}
+
+
+def check_against_limits(profile: dict, limits) -> None:
+    """The profile must cover every request the server accepts: B up to max_batch_size, C up to
+    max_candidates (a plan refuses shapes outside its profile)."""
+    for dim, limit, what in (("B", limits.max_batch_size, "--max-batch-size"),
+                             ("C", limits.max_candidates, "--max-candidates")):
+        if dim in profile and profile[dim][2] < limit:
+            raise ProfileError(f"--trt-profile: {dim} max {profile[dim][2]} is below {what} {limit}; the plan would "
+                               f"refuse requests the server accepts")
 
 
 def validate_profile(profile: dict) -> dict[str, tuple[int, int, int]]:
@@ -139,14 +140,7 @@ def plan_metadata(*, trt_version: str, gpu_name: str, compute_capability: str, p
 
 def unavailable_reason() -> str | None:
     """None when TensorRT plans can be built and run here, else the one-sentence reason."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return MISSING_TENSORRT
-    import torch
-    if not torch.cuda.is_available():
-        return NO_GPU
-    return None
+    return tensorrt_missing()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,84 +218,3 @@ def build_plan(onnx_path: Path, plan_path: Path, *, inputs: list, outputs: list,
 
 def metadata_path(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.name + ".json")
-
-
-# ----------------------------------------------------------------------------------------------
-# Run (TensorRT 10 name-based API: set_input_shape / set_tensor_address / execute_async_v3)
-
-def _torch_dtype(trt, dtype):
-    import torch
-    table = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT32": torch.int32,
-             "INT64": torch.int64, "INT8": torch.int8, "UINT8": torch.uint8, "BOOL": torch.bool}
-    for name, torch_dtype in table.items():
-        if getattr(trt.DataType, name, None) == dtype:
-            return torch_dtype
-    raise TypeError(f"TensorRT tensor type {dtype} has no torch equivalent here")
-
-
-class PlanRunner:
-    """Deserializes a plan once and runs it on CUDA tensors; used by TensorRTEngine and the build check."""
-
-    def __init__(self, plan_path: Path, allow_host_code: bool = False):
-        import tensorrt as trt
-        import torch
-
-        self.trt, self.torch = trt, torch
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        if allow_host_code:  # version-compatible plans carry the lean runtime as host code
-            runtime.engine_host_code_allowed = True
-        self.engine = runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {plan_path} (built by another TensorRT version "
-                               f"or for another GPU? see {metadata_path(Path(plan_path)).name})")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self.input_names = [n for n in names if is_input[n]]
-        self.output_names = [n for n in names if not is_input[n]]
-        self.dtypes = {n: _torch_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
-
-    def __call__(self, feeds: dict) -> dict:
-        torch = self.torch
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise KeyError(f"TensorRT engine: missing inputs {missing}")
-        keep = []
-        for name in self.input_names:
-            value = feeds[name]
-            t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
-            t = t.to(device="cuda", dtype=self.dtypes[name]).contiguous()
-            if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise ValueError(f"input {name!r} has shape {tuple(t.shape)}, outside the plan's optimization "
-                                 f"profile (min, opt, max) {[tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0)]}")
-            self.context.set_tensor_address(name, t.data_ptr())
-            keep.append(t)
-        outs = {}
-        for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
-            outs[name] = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
-            self.context.set_tensor_address(name, outs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log")
-        stream.synchronize()
-        return outs
-
-
-class TensorRTEngine(Engine):
-    """A TensorRT plan behind the runtime interface (CUDA only): {name: array} -> {name: numpy array}."""
-
-    kind = "tensorrt"
-
-    def __init__(self, artifact: dict, root, device: str = "cuda"):
-        if not str(device).startswith("cuda"):
-            raise EngineUnavailable(f"TensorRT plans run on a CUDA GPU only, not on {device!r}")
-        reason = unavailable_reason()
-        if reason:
-            raise EngineUnavailable(reason)
-        super().__init__(artifact["inputs"], artifact["outputs"], "cuda", artifact.get("precision", "fp32"),
-                         artifact["model"])
-        self.runner = PlanRunner(Path(root) / artifact["path"], allow_host_code=artifact.get("version_compatible", False))
-
-    def run(self, feed: dict) -> dict:
-        return {n: to_numpy(t) for n, t in self.runner(feed).items()}

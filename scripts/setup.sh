@@ -12,5 +12,5 @@ python -m pip install -q --upgrade pip
 # torch first and exact: on these CPU machines 2.13.0 is a local CPU wheel; letting pip resolve a bare
 # "torch" pulls the newest CUDA build (several GB). Override with TORCH_SPEC on a GPU host.
 python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-python -m pip install -q -e ".[test]"
+python -m pip install -q -e ".[cpu,test]"
 echo "setup: ok ($(python -c 'import torch, numpy; print("torch", torch.__version__, "numpy", numpy.__version__)'))"

@@ -1,19 +1,19 @@
 """Batch shaping shared by the client and the Python-backend engine host.
 
-Candidate isolation makes hash-0 padding exact: a padded candidate changes no real candidate's score,
-so requests with different candidate counts can share one [B, C_max] engine call.
+Candidate isolation makes hash-0 padding exact: a padded candidate changes no real candidate's score, so
+requests with different candidate counts can share one [B, C_max] engine call, and a client can pad C to
+a few fixed sizes. Inputs with a candidate dim are those whose spec shape is ["B", "C", ...].
+
+Plain numpy: the build copies this file into the model repository (`phoenix_serving/batching.py`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-# RecsysBatch fields with a candidate dim at axis 1 (in the ranker's [B, C, ...] layout)
-CANDIDATE_FIELDS = ("candidate_post_hashes", "candidate_author_hashes", "candidate_product_surface")
 
-
-def has_candidate_dim(name: str, value: np.ndarray) -> bool:
-    """True for the ranker's [B, C, ...] candidate inputs (the candidate tower's [rows, H] inputs have no C)."""
-    return name in CANDIDATE_FIELDS and value.ndim == (2 if name == "candidate_product_surface" else 3)
+def candidate_axis(spec: dict) -> bool:
+    """True for a [B, C, ...] input or output spec."""
+    return len(spec["shape"]) >= 2 and spec["shape"][1] == "C"
 
 
 def pad_candidates(value: np.ndarray, num_candidates: int, axis: int = 1) -> np.ndarray:
@@ -26,8 +26,43 @@ def pad_candidates(value: np.ndarray, num_candidates: int, axis: int = 1) -> np.
     return np.pad(value, pad)
 
 
-def stack_rows(rows: list[dict]) -> dict[str, np.ndarray]:
-    """Stack per-user arrays into [B, ...], padding candidates to the batch's largest count."""
-    c_max = max(len(r["candidate_post_hashes"]) for r in rows)
-    return {k: np.stack([pad_candidates(r[k], c_max, axis=0) if k in CANDIDATE_FIELDS else r[k] for r in rows])
-            for k in rows[0]}
+def groups(requests: list[dict], specs: list[dict]) -> list[list[int]]:
+    """Indices of requests that can share one engine call: equal shapes apart from B and C."""
+    out: dict[tuple, list[int]] = {}
+    for i, arrays in enumerate(requests):
+        key = tuple(arrays[s["name"]].shape[2 if candidate_axis(s) else 1:] for s in specs)
+        out.setdefault(key, []).append(i)
+    return list(out.values())
+
+
+def merge(requests: list[dict], specs: list[dict]) -> tuple[dict, list[tuple[int, int, int]]]:
+    """One feed for several requests: candidate inputs padded to the largest C, everything concatenated
+    along B. Returns (feed, [(start row, rows, C) per request])."""
+    counts = [next((a[s["name"]].shape[1] for s in specs if candidate_axis(s)), 0) for a in requests]
+    c_max = max(counts)
+    feed = {s["name"]: np.concatenate([pad_candidates(a[s["name"]], c_max) if candidate_axis(s) else a[s["name"]]
+                                       for a in requests]) for s in specs}
+    parts, start = [], 0
+    for a, c in zip(requests, counts):
+        rows = len(a[specs[0]["name"]])
+        parts.append((start, rows, c))
+        start += rows
+    return feed, parts
+
+
+def split(outputs: dict, parts: list[tuple[int, int, int]], specs: list[dict]) -> list[dict]:
+    """Each request's rows (and own candidate count) of the outputs of a merged call."""
+    out = []
+    for start, rows, c in parts:
+        out.append({s["name"]: outputs[s["name"]][start:start + rows, :c] if candidate_axis(s)
+                    else outputs[s["name"]][start:start + rows] for s in specs})
+    return out
+
+
+def stack_rows(rows: list[dict], candidate_names, num_candidates: int | None = None) -> dict[str, np.ndarray]:
+    """Stack per-user arrays into [B, ...], padding candidate arrays (`candidate_names`, [C, ...] per user) to
+    `num_candidates` or the batch's largest count."""
+    names = set(candidate_names)
+    c = num_candidates or max((len(r[n]) for r in rows for n in names if n in r), default=0)
+    return {key: np.stack([pad_candidates(r[key], c, axis=0) if key in names else r[key] for r in rows])
+            for key in rows[0]}

@@ -1,47 +1,50 @@
-"""Score client for the Phoenix Triton repository.
+"""PhoenixClient: raw ids and features in, named scores and a ranking out, from a Phoenix Triton server.
 
-    client = PhoenixClient("127.0.0.1:8001")                  # gRPC; protocol="http" for port 8000
-    result = client.score(user_id=42,
-                          history=[(post_id, author_id, ["favorite", "reply"], surface), ...],
-                          candidates=[(post_id, author_id, surface), ...])
-    result.ranking, result.weighted_score, result.scores["favorite_score"]
+    with PhoenixClient("127.0.0.1:8001") as client:           # gRPC; protocol="http" for port 8000
+        result = client.score(user_id=42,
+                              history=[(post_id, author_id, ["favorite", "reply"], surface), ...],
+                              candidates=[(post_id, author_id, surface), ...])
+        result.ranking, result.final_score, result.scores["favorite_score"]
 
-Where the client gets S, the candidate limit, the vocab sizes and the hash parameters: from the
-server itself, in the `client_config` parameter of `phoenix_postprocess`'s model config (written by
-`export.repository` from the build manifest), so a client needs nothing but the URL. Pass
-`manifest="triton_repo/manifest.json"` to read them from a build manifest instead.
+Everything the client needs comes from the server: the `client_config` parameter of
+phoenix_postprocess (export.contract.client_config: the ranker's inputs, the actions, the limits, the
+hash constants per entity), so a client needs only the URL.
 
-Raw ids are hashed with `phoenix_torch.hash_ids` (the manifest's hash parameters); pass
-`user_hashes=` / `hashed=True` to send hashes. The client pads the history to S (the most recent S
-items are kept, oldest first) and the candidates to the batch's largest count, batches several users
-into one request (`score_many`), and checks every input before sending: a bad one raises
-`PhoenixInputError` naming it. Errors from the server (e.g. a hash outside its table) raise
-`PhoenixServerError` carrying the server's message.
+Requests are built from the model's declared inputs. A history item is a tuple (post_id, author_id,
+actions, product_surface) or a dict of raw keys (`post_id`, `author_id`, `actions`, `product_surface`,
+May: `continuous_actions`, plus any feature added by configuration); a candidate is (post_id, author_id,
+product_surface) or a dict (`impr_ts`, `post_creation_ts`, `video_duration_ms`, `in_network`, ...);
+`user` holds user features (`ip_id`, ...). Raw ids are hashed with export.contract.hash_ids (the
+server's constants); `hashed=True` takes hash values instead. Actions are names of the model's action
+list (or their served score names, or column indices). The history is padded to S (the most recent S
+items kept); candidates are padded to the server's fixed sizes, if it has any. Every input is checked
+before sending with the server's own rules (export.contract.check_request): a bad one raises
+PhoenixInputError naming it; an error the server returns raises PhoenixServerError with its message; a
+server that cannot be reached raises PhoenixConnectionError.
 
-CLI: `python -m serving.client score --help`.
+The command line is `python -m serving.client --help` (serving/cli.py).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from phoenix_torch import ACTIONS, SCORE_NAMES
-from serving.batching import stack_rows  # noqa: F401  (public: callers batch users with it)
-
-NUM_SURFACES = 16
+from export import contract
+from serving.batching import stack_rows
 
 
 class PhoenixInputError(ValueError):
-    """A client-side input is wrong; the message names it."""
+    """A client-side input is wrong; the message names it and says what is expected."""
 
 
 class PhoenixServerError(RuntimeError):
     """The server answered with an error; the message is the server's."""
+
+
+class PhoenixConnectionError(ConnectionError):
+    """The server cannot be reached (or answered with something that is not Triton)."""
 
 
 @dataclass
@@ -51,9 +54,10 @@ class ScoreResult:
     weighted_score: np.ndarray
     final_score: np.ndarray
     ranking: list[int]
+    probs: np.ndarray | None = None
     candidates: list = field(default_factory=list)
 
-    def rows(self, columns=("favorite_score", "reply_score", "repost_score", "click_score")):
+    def rows(self, columns=("favorite_score", "reply_score", "retweet_score", "click_score")):
         """(rank, candidate index, candidate, final, weighted, {column: value}) best first."""
         cols = [c for c in columns if c in self.scores]
         for rank, c in enumerate(self.ranking):
@@ -72,36 +76,59 @@ def _triton(protocol: str):
     return t
 
 
+def ids_array(values, what: str) -> np.ndarray:
+    """Raw ids (non-negative integers up to 2^64 - 1) -> uint64."""
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < 0 or int(v) >= 1 << 64:
+            raise PhoenixInputError(f"{what}: {v!r} is not an id (an integer in [0, 2^64))")
+        out.append(int(v))
+    return np.array(out, dtype=np.uint64)
+
+
+_TRITON_DTYPES = {"int32": "INT32", "int64": "INT64", "uint64": "UINT64", "float32": "FP32", "bool": "BOOL"}
+
+
 class PhoenixClient:
-    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", manifest: str | Path | None = None,
-                 model: str = "phoenix", timeout: float = 60.0):
-        self.protocol, self.model, self.timeout = protocol, model, timeout
+    def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout: float = 60.0,
+                 config: dict | None = None, model: str = contract.ENSEMBLE):
+        self.url, self.protocol, self.timeout, self.model = url, protocol, timeout, model
         self._t = _triton(protocol)
         kwargs = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
-        self._c = self._t.InferenceServerClient(url, **kwargs)
-        self.max_batch_size = 64  # users per Triton request; the server's value replaces it
-        self.config = read_manifest_config(manifest) if manifest else self._server_config()
-        self.history_len = int(self.config["history_len"])
-        self.max_candidates = int(self.config["max_candidates"])
-        self.num_hashes = {k: int(self.config[f"num_{k}_hashes"]) for k in ("user", "item", "author")}
-        self.tables = self.config["tables"]
+        try:
+            self.triton = self._t.InferenceServerClient(url, **kwargs)
+        except Exception as e:  # a malformed URL and the like
+            raise PhoenixConnectionError(f"cannot open a {protocol} connection to {url}: {e}") from None
+        self.config = config or self._server_config()
+        self.limits = contract.Limits.from_dict(self.config["limits"])
+        self.history_len = self.limits.history_len
+        self.inputs = self.config["ranker_inputs"]
+        self.actions = list(self.config["actions"])
+        self.hashing = contract.hash_params_from(self.config["hashing"])
 
     # -------------------------------------------------------------- config
     def _server_config(self) -> dict:
         try:
-            cfg = self._c.get_model_config("phoenix_postprocess", **({"as_json": True} if self.protocol == "grpc" else {}))
+            cfg = self.triton.get_model_config(contract.POSTPROCESS,
+                                               **({"as_json": True} if self.protocol == "grpc" else {}))
         except self._t.InferenceServerException as e:
-            raise PhoenixServerError(f"cannot read phoenix_postprocess's config from the server: {e.message()}") from None
+            if "unavailable" in str(e.status()).lower() or "failed to connect" in e.message().lower() or \
+                    "connect" in e.message().lower():
+                raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): "
+                                             f"{e.message()}") from None
+            raise PhoenixServerError(f"cannot read {contract.POSTPROCESS}'s config from {self.url}: "
+                                     f"{e.message()}") from None
+        except Exception as e:  # refused connections surface as socket / gRPC errors
+            raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): {e}") from None
         cfg = cfg.get("config", cfg)
-        self.max_batch_size = int(cfg.get("max_batch_size", self.max_batch_size)) or self.max_batch_size
         try:
             return json.loads(cfg["parameters"]["client_config"]["string_value"])
         except KeyError:
-            raise PhoenixServerError("phoenix_postprocess has no `client_config` parameter: rebuild the repository "
-                                     "with this version of export.build, or pass manifest=") from None
+            raise PhoenixServerError(f"{contract.POSTPROCESS} has no `client_config` parameter: the server runs a "
+                                     "repository built by another version of export.build") from None
 
     def close(self):
-        self._c.close()
+        self.triton.close()
 
     def __enter__(self):
         return self
@@ -109,294 +136,229 @@ class PhoenixClient:
     def __exit__(self, *exc):
         self.close()
 
-    # -------------------------------------------------------------- hashing and checks
-    def _hash(self, ids, entity: str, what: str) -> np.ndarray:
-        ids = _int_array(ids, what)
-        if (ids < 0).any():
-            raise PhoenixInputError(f"{what}: ids must be >= 0 (0 = padding), got {int(ids.min())}")
-        return hash_entity(ids, entity, self.config)
+    # -------------------------------------------------------------- request building
+    def _hash(self, value, spec: dict, what: str, hashed: bool) -> np.ndarray:
+        width = spec["shape"][-1]
+        if hashed:
+            h = np.asarray(value, dtype=np.int64).reshape(-1)
+            if h.shape != (width,):
+                raise PhoenixInputError(f"{what}: expected {width} hash values, got {value!r}")
+            return h
+        return contract.hash_ids(ids_array([value], what), self.hashing[spec["entity"]])[0]
 
-    def _vocab(self, entity):
-        return int(self.tables[f"{entity}_vocab"])
+    def _value(self, spec: dict, raw: dict, what: str, hashed: bool):
+        """The array of one field for one user / history item / candidate, from its raw key."""
+        key = spec["key"]
+        check = spec.get("check")
+        trailing = [d for d in spec["shape"][2 if spec["side"] != "user" else 1:]]
+        if key not in raw or raw[key] is None:
+            if spec.get("optional"):      # the zero value: no IP hash, no dwell, unknown timestamps
+                return np.zeros(trailing, dtype=spec["dtype"])
+            raise PhoenixInputError(f"{what}: missing {key!r} (the model's input {spec['name']})")
+        value = raw[key]
+        if check == "hash":
+            return self._hash(value, spec, f"{what}.{key}", hashed)
+        if check == "multi_hot":
+            return self._actions(value, f"{what}.{key}")
+        if check == "finite":
+            v = np.zeros(trailing, np.float32)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for i, x in items:
+                v[int(i)] = float(x)
+            return v
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise PhoenixInputError(f"{what}.{key}: expected an integer, got {value!r}")
+        return np.asarray(value, dtype=spec["dtype"])
 
-    def _check_hashes(self, h, entity, what, n):
-        h = _int_array(h, what)
-        if h.shape[-1] != n:
-            raise PhoenixInputError(f"{what}: expected {n} hashes per entry, got shape {list(h.shape)}")
-        v = self._vocab(entity)
-        if h.size and (h.min() < 0 or h.max() >= v):
-            bad = int(h[(h < 0) | (h >= v)].flat[0])
-            raise PhoenixInputError(f"{what}: hash {bad} outside [0, {v})")
-        return h.astype(np.int32)
-
-    def build_row(self, user_id=None, user_hashes=None, history=(), candidates=(), hashed=False) -> dict:
-        """One user's arrays (history padded to S, candidates unpadded) after checking every input."""
-        S, hn = self.history_len, self.num_hashes
-        if (user_id is None) == (user_hashes is None):
-            raise PhoenixInputError("user: give exactly one of user_id or user_hashes")
-        if user_hashes is not None:
-            user = self._check_hashes(np.asarray(user_hashes).reshape(-1), "user", "user_hashes", hn["user"])
+    def _actions(self, value, what: str) -> np.ndarray:
+        """Action names, served score names or column indices (a list, or {index: 0/1}) -> multi-hot [A]."""
+        v = np.zeros(len(self.actions), np.float32)
+        if isinstance(value, dict):
+            items = list(value.items())
         else:
-            user = self._hash([user_id], "user", "user_id").reshape(-1)
-        candidates = list(candidates)
-        if not candidates:
+            items = [(a, 1.0) for a in ([value] if isinstance(value, (str, int)) else value)]
+        names = {a: i for i, a in enumerate(self.actions)}
+        fields = self.config["score_sources"]["fields"]
+        names.update({n: src[1] for n, src in fields.items() if src and src[0] == "column"})
+        names.update({n.removesuffix("_score"): i for n, i in list(names.items()) if n.endswith("_score")})
+        for a, x in items:
+            i = names.get(a) if isinstance(a, str) and not a.strip().isdigit() else int(a)
+            if i is None or not 0 <= i < len(self.actions):
+                raise PhoenixInputError(f"{what}: unknown action {a!r}; the model's actions are {self.actions} "
+                                        f"(or column indices 0..{len(self.actions) - 1})")
+            if float(x) not in (0.0, 1.0):
+                raise PhoenixInputError(f"{what}: action {a!r} has value {x!r}; actions are 0 or 1")
+            v[i] = float(x)
+        return v
+
+    def build_row(self, user_id=None, history=(), candidates=(), user: dict | None = None,
+                  hashed: bool = False) -> dict[str, np.ndarray]:
+        """One user's arrays (history padded to S, candidates unpadded), checked field by field."""
+        S = self.history_len
+        history, candidates = list(history)[-S:], list(candidates)
+        has_candidates = any(spec["side"] == "candidate" for spec in self.inputs)
+        if has_candidates and not candidates:
             raise PhoenixInputError("candidates: empty list; give at least one (post_id, author_id, surface)")
-        if len(candidates) > self.max_candidates:
-            raise PhoenixInputError(f"candidates: {len(candidates)} given, the served model accepts at most "
-                                    f"{self.max_candidates}")
-        history = list(history)[-S:]
-        row = {"user_hashes": user}
-        for prefix, items, n_fields in (("history", history, 4), ("candidate", candidates, 3)):
-            for i, item in enumerate(items):
-                if len(item) != n_fields:
-                    want = "(post_id, author_id, actions, surface)" if n_fields == 4 else "(post_id, author_id, surface)"
-                    raise PhoenixInputError(f"{prefix}[{i}]: expected {want}, got {item!r}")
-            posts = [it[0] for it in items]
-            authors = [it[1] for it in items]
-            surfaces = _int_array([it[-1] for it in items], f"{prefix}_product_surface").reshape(-1)
-            if surfaces.size and (surfaces.min() < 0 or surfaces.max() >= NUM_SURFACES):
-                i = int(np.flatnonzero((surfaces < 0) | (surfaces >= NUM_SURFACES))[0])
-                raise PhoenixInputError(f"{prefix}[{i}].surface: {int(surfaces[i])} outside [0, {NUM_SURFACES})")
-            if hashed:
-                ph = self._check_hashes(np.asarray(posts).reshape(len(items), -1) if items else
-                                        np.zeros((0, hn["item"])), "post", f"{prefix}_post_hashes", hn["item"])
-                ah = self._check_hashes(np.asarray(authors).reshape(len(items), -1) if items else
-                                        np.zeros((0, hn["author"])), "author", f"{prefix}_author_hashes", hn["author"])
+        if len(candidates) > self.limits.max_candidates:
+            raise PhoenixInputError(f"candidates: {len(candidates)} given; the server accepts at most "
+                                    f"{self.limits.max_candidates} (limit max_candidates)")
+        u = dict(user or {})
+        if user_id is not None:
+            u.setdefault("user_hashes" if hashed else "user_id", user_id)
+        if hashed and "user_hashes" in u:
+            u["user_id"] = u.pop("user_hashes")
+        hist = [_as_dict(h, ("post_id", "author_id", "actions", "product_surface"), f"history[{i}]")
+                for i, h in enumerate(history)]
+        cands = [_as_dict(c, ("post_id", "author_id", "product_surface"), f"candidates[{i}]")
+                 for i, c in enumerate(candidates)]
+        row = {}
+        for spec in self.inputs:
+            side = spec["side"]
+            if side == "user":
+                row[spec["name"]] = self._value(spec, u, "user", hashed)
+                continue
+            items, what = (hist, "history") if side == "history" else (cands, "candidates")
+            values = [self._value(spec, it, f"{what}[{i}]", hashed) for i, it in enumerate(items)]
+            shape = [S if side == "history" else len(items)] + [d for d in spec["shape"][2:]]
+            arr = np.zeros(shape, dtype=spec["dtype"])
+            if values:
+                arr[:len(values)] = np.stack(values)
+            row[spec["name"]] = arr
+        if has_candidates and (row["candidate_post_hashes"][:, 0] == 0).any():
+            i = int(np.flatnonzero(row["candidate_post_hashes"][:, 0] == 0)[0])
+            raise PhoenixInputError(f"candidates[{i}].post_id: 0 is the padding id, not a post")
+        row.update(self._postprocess_extras(cands))
+        return row
+
+    def _postprocess_extras(self, cands: list[dict]) -> dict[str, np.ndarray]:
+        """home-mixer's optional per-candidate facts (author ids, video duration, in-network), when given."""
+        out = {}
+        for spec in self.config.get("postprocess_inputs", []):
+            key = spec["key"]
+            given = [c.get(key) for c in cands]
+            if all(v is None for v in given):
+                continue
+            if any(v is None for v in given):
+                i = given.index(None)
+                raise PhoenixInputError(f"candidates[{i}]: missing {key!r}; give it for every candidate or none")
+            if key == "author_id":
+                out[spec["name"]] = ids_array(given, "candidates author_id").view(np.int64)
+            elif key == "video_duration_ms":
+                d = np.asarray(given)
+                if d.dtype.kind not in "iu" or (d < 0).any():
+                    raise PhoenixInputError(f"candidates video_duration_ms: integers >= 0 (0 = unknown), got {given!r:.80}")
+                out[spec["name"]] = d.astype(np.int64)
             else:
-                ph = self._hash(posts, "post", f"{prefix} post_id").reshape(len(items), hn["item"])
-                ah = self._hash(authors, "author", f"{prefix} author_id").reshape(len(items), hn["author"])
-            if prefix == "candidate" and len(items) and (ph[:, 0] == 0).any():
-                i = int(np.flatnonzero(ph[:, 0] == 0)[0])
-                raise PhoenixInputError(f"candidates[{i}].post_id: 0 is the padding id, not a post")
-            row[f"{prefix}_post_hashes"], row[f"{prefix}_author_hashes"] = ph, ah
-            row[f"{prefix}_product_surface"] = surfaces.astype(np.int32)
-            if prefix == "history":
-                row["history_actions"] = np.stack([_actions(it[2], f"history[{i}].actions")
-                                                   for i, it in enumerate(items)]) if items else \
-                    np.zeros((0, len(ACTIONS)), np.float32)
-        return _pad_history(row, S)
+                out[spec["name"]] = np.asarray([bool(v) for v in given])
+        return out
+
+    def _check(self, arrays: dict, model: str) -> None:
+        specs = [s for s in self.inputs if s["name"] in arrays]
+        try:
+            contract.check_request(specs, arrays, self.limits, model)
+        except contract.RequestError as e:
+            raise PhoenixInputError(str(e)) from None
 
     # -------------------------------------------------------------- inference
-    def score(self, user_id=None, user_hashes=None, history=(), candidates=(), hashed=False) -> ScoreResult:
+    def score(self, user_id=None, history=(), candidates=(), user=None, hashed=False) -> ScoreResult:
         """Score one user's candidates: named scores, weighted and final score, ranking."""
-        return self.score_many([dict(user_id=user_id, user_hashes=user_hashes, history=history,
-                                     candidates=candidates, hashed=hashed)])[0]
+        return self.score_many([dict(user_id=user_id, history=history, candidates=candidates, user=user,
+                                     hashed=hashed)])[0]
 
     def score_many(self, requests: list[dict]) -> list[ScoreResult]:
-        """Score several users, up to max_batch_size per Triton request (each dict holds `score`'s
-        keyword arguments); results in the order given."""
+        """Score several users, up to max_batch_size per Triton request (each dict holds `score`'s keyword
+        arguments); results in the order given."""
         rows = [self.build_row(**r) for r in requests]
-        results = []
-        for s in range(0, len(rows), self.max_batch_size):
-            out = self.infer_arrays(stack_rows(rows[s:s + self.max_batch_size]))
+        names = [s["name"] for s in self.inputs if s["shape"][1:2] == ["C"]] + \
+            [s["name"] for s in self.config.get("postprocess_inputs", [])]
+        results, batch = [], self.limits.max_batch_size
+        for s in range(0, len(rows), batch):
+            chunk = rows[s:s + batch]
+            if len({tuple(sorted(r)) for r in chunk}) > 1:
+                raise PhoenixInputError("score_many: give the optional candidate facts for every user or none")
+            c = self.limits.padded_candidates(max(len(r["candidate_post_hashes"]) for r in chunk))
+            arrays = stack_rows(chunk, names, c)
+            self._check(arrays, self.model)
+            out = self.infer(arrays)
             results += [_result(out, b, len(r["candidates"]), list(r["candidates"]))
-                        for b, r in enumerate(requests[s:s + self.max_batch_size])]
+                        for b, r in enumerate(requests[s:s + batch])]
         return results
 
-    def infer_arrays(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
-        """Send ready-made [B, ...] arrays as they are (no checks) and return every output."""
+    def score_embeddings(self, arrays: dict[str, np.ndarray], model: str = contract.ENSEMBLE_EMBEDDINGS,
+                         candidates: list | None = None) -> list[ScoreResult]:
+        """Score users from embeddings looked up by the caller (RecsysEmbeddings fields [B, ...] float32, plus
+        the validity hashes and other fields of phoenix_ranker_embeddings), as numpy arrays."""
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        out = self.infer(arrays, model)
+        n = out["final_score"].shape[1]
+        return [_result(out, b, n, candidates or list(range(n))) for b in range(out["final_score"].shape[0])]
+
+    def retrieve(self, user_id=None, history=(), user=None, top_k: int | None = None, corpus_mask=None,
+                 hashed=False) -> dict[str, np.ndarray]:
+        """Top-k posts of the served corpus for one user: indices, post and author ids, scores."""
+        spec_names = {s["name"] for s in self.config["retrieval_inputs"] or []}
+        if not spec_names:
+            raise PhoenixServerError("the server has no phoenix_retrieval model (built with --no-towers?)")
+        saved, self.inputs, self.hashing = (self.inputs, self.hashing), self.config["retrieval_inputs"], \
+            contract.hash_params_from(self.config["retrieval_hashing"])
+        try:
+            row = self.build_row(user_id=user_id, history=history, user=user, hashed=hashed)
+        finally:
+            self.inputs, self.hashing = saved
+        arrays = {k: v[None] for k, v in row.items() if k in spec_names}
+        if top_k is not None:
+            arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
+        if corpus_mask is not None:
+            arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
+        out = self.infer(arrays, contract.RETRIEVAL)
+        return {k: v[0] for k, v in out.items()}
+
+    def infer(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
+        """Send ready-made [B, ...] arrays as they are and return every output."""
         model = model or self.model
         try:
-            res = self._c.infer(model, self.make_inputs(arrays),
-                                **({"client_timeout": self.timeout} if self.protocol == "grpc" else {}))
+            res = self.triton.infer(model, self.make_inputs(arrays),
+                                    **({"client_timeout": self.timeout} if self.protocol == "grpc" else {}))
         except self._t.InferenceServerException as e:
+            if e.status() in ("StatusCode.UNAVAILABLE", "503") or "failed to connect" in (e.message() or ""):
+                raise PhoenixConnectionError(f"{model}: cannot reach the server at {self.url}: {e.message()}") from None
             raise PhoenixServerError(f"{model}: {e.message()}") from None
+        except (ConnectionError, OSError) as e:
+            raise PhoenixConnectionError(f"{model}: cannot reach the server at {self.url}: {e}") from None
         response = res.get_response(**({"as_json": True} if self.protocol == "grpc" else {}))
         return {o["name"]: res.as_numpy(o["name"]) for o in response["outputs"]}
 
     def make_inputs(self, arrays: dict[str, np.ndarray]) -> list:
-        """tritonclient InferInputs for [B, ...] arrays (int32 / float32)."""
         inputs = []
         for name, a in arrays.items():
             a = np.ascontiguousarray(a)
-            dtype = {np.dtype(np.int32): "INT32", np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64",
-                     np.dtype(np.float64): "FP64"}.get(a.dtype)
+            dtype = _TRITON_DTYPES.get(str(a.dtype))
             if dtype is None:
-                raise PhoenixInputError(f"{name}: dtype {a.dtype} cannot be sent (use int32 or float32)")
+                raise PhoenixInputError(f"{name}: dtype {a.dtype} cannot be sent (use {sorted(_TRITON_DTYPES)})")
             t = self._t.InferInput(name, list(a.shape), dtype)
             t.set_data_from_numpy(a)
             inputs.append(t)
         return inputs
 
-    def retrieve(self, user_id=None, user_hashes=None, history=(), hashed=False) -> dict[str, np.ndarray]:
-        """Top-k posts of the retrieval corpus for one user: indices, post hashes, scores."""
-        row = self.build_row(user_id=user_id, user_hashes=user_hashes, history=history,
-                             candidates=[(1, 1, 0)], hashed=hashed)
-        arrays = {k: v[None] for k, v in row.items() if not k.startswith("candidate")}
-        out = self.infer_arrays(arrays, model="phoenix_retrieval")
-        return {k: v[0] for k, v in out.items()}
 
-
-# ------------------------------------------------------------------ helpers
-
-def hash_entity(ids, entity: str, config: dict) -> np.ndarray:
-    """Raw ids [...] of an entity ("user", "post", "author") -> int32 hashes [..., H] (0 -> 0).
-
-    phoenix_torch.hash_ids with the build's parameters (manifest `tables.hash_params`:
-    {"params": [[scale, bias], ...], "modulus": M}; phoenix_torch's defaults when absent).
-    """
-    from phoenix_torch import hash_ids
-
-    key = {"user": "user", "post": "item", "author": "author"}[entity]
-    hp = config["tables"].get("hash_params") or {}
-    kw = {}
-    if hp.get("params"):
-        kw["params"] = tuple(tuple(int(x) for x in p) for p in hp["params"])
-    if hp.get("modulus"):
-        kw["modulus"] = int(hp["modulus"])
-    out = hash_ids(np.asarray(ids, dtype=np.int64), int(config[f"num_{key}_hashes"]),
-                   int(config["tables"][f"{entity}_vocab"]), **kw)
-    return np.asarray(out, dtype=np.int32)
-
-
-def read_manifest_config(path) -> dict:
-    from export.repository import client_config
-    manifest = json.loads(Path(path).read_text())
-    return client_config(manifest)
-
-
-def _int_array(x, what) -> np.ndarray:
-    a = np.asarray(x)
-    if a.dtype.kind == "f" and a.size and np.all(np.mod(a, 1) == 0):
-        a = a.astype(np.int64)
-    if a.size and a.dtype.kind not in "iu":
-        raise PhoenixInputError(f"{what}: expected integers, got {a.dtype} ({x!r:.60})")
-    return a.astype(np.int64)
-
-
-def _actions(a, what) -> np.ndarray:
-    """Action names (['favorite', ...]) or a multi-hot vector of len(ACTIONS) -> float32 [A]."""
-    a = list(a) if not isinstance(a, str) else [a]
-    if a and all(isinstance(x, str) for x in a):
-        unknown = [x for x in a if x not in ACTIONS]
-        if unknown:
-            raise PhoenixInputError(f"{what}: unknown action(s) {unknown}; known: {list(ACTIONS)}")
-        return np.array([1.0 if n in a else 0.0 for n in ACTIONS], np.float32)
-    v = np.asarray(a, dtype=np.float32).reshape(-1) if a else np.zeros(len(ACTIONS), np.float32)
-    if v.shape != (len(ACTIONS),) or not np.isin(v, (0.0, 1.0)).all():
-        raise PhoenixInputError(f"{what}: expected action names or a 0/1 vector of length {len(ACTIONS)}, got {a!r:.80}")
-    return v
-
-
-def _pad_history(row: dict, S: int) -> dict:
-    for k in ("history_post_hashes", "history_author_hashes", "history_actions", "history_product_surface"):
-        v = row[k]
-        pad = np.zeros((S - len(v), *v.shape[1:]), v.dtype)
-        row[k] = np.concatenate([v, pad]).astype(np.float32 if k == "history_actions" else np.int32)
-    return row
+def _as_dict(item, keys: tuple, what: str) -> dict:
+    if isinstance(item, dict):
+        return item
+    if not isinstance(item, (tuple, list)) or len(item) != len(keys):
+        raise PhoenixInputError(f"{what}: expected ({', '.join(keys)}) or a dict of raw keys, got {item!r:.80}")
+    return dict(zip(keys, item))
 
 
 def _result(out: dict, b: int, n: int, candidates: list) -> ScoreResult:
     ranking = [int(i) for i in out["ranking"][b] if 0 <= i < n]
-    return ScoreResult(scores={k: out[k][b, :n] for k in SCORE_NAMES},
+    skip = {"weighted_score", "final_score", "ranking", "probs"}
+    return ScoreResult(scores={k: v[b, :n] for k, v in out.items() if k not in skip and v.ndim == 2},
                        weighted_score=out["weighted_score"][b, :n], final_score=out["final_score"][b, :n],
-                       ranking=ranking, candidates=candidates)
-
-
-def print_table(result: ScoreResult, title: str = "Phoenix ranking", console=None):
-    """Rich table of one user's candidates, best first."""
-    from rich.console import Console
-    from rich.table import Table
-
-    cols = ("favorite_score", "reply_score", "repost_score", "report_score")
-    table = Table(title=title)
-    for h in ("rank", "post_id", "author_id", "final", "weighted", *(c.removesuffix("_score") for c in cols)):
-        table.add_column(h, justify="right", no_wrap=True)
-    for rank, c, cand, final, weighted, named in result.rows(cols):
-        table.add_row(str(rank), str(cand[0]), str(cand[1]), f"{final:.4g}", f"{weighted:.4g}",
-                      *(f"{named[k]:.3f}" for k in cols))
-    if console is None:
-        console = Console()
-        if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-            console = Console(width=120)
-    console.print(table)
-
-
-# ------------------------------------------------------------------ CLI
-
-def _parse_history(items):
-    out = []
-    for s in items:
-        parts = s.split(":")
-        if len(parts) != 4:
-            raise PhoenixInputError(f"--history {s!r}: expected POST:AUTHOR:ACTION[,ACTION...]:SURFACE")
-        actions = [a for a in parts[2].split(",") if a]
-        out.append((int(parts[0]), int(parts[1]), actions, int(parts[3])))
-    return out
-
-
-def _parse_candidates(items):
-    out = []
-    for s in items:
-        parts = s.split(":")
-        if len(parts) != 3:
-            raise PhoenixInputError(f"--candidate {s!r}: expected POST:AUTHOR:SURFACE")
-        out.append(tuple(int(p) for p in parts))
-    return out
-
-
-def demo_request(seed: int = 0, num_history: int = 12, num_candidates: int = 8) -> dict:
-    """A reproducible demo user: raw ids, a few actions per history item, candidates from 3 authors."""
-    rng = np.random.default_rng(seed)
-    history = [(int(rng.integers(1, 10**6)), int(rng.integers(1, 1000)),
-                [ACTIONS[i] for i in rng.choice(len(ACTIONS), size=int(rng.integers(0, 3)), replace=False)],
-                int(rng.integers(0, NUM_SURFACES))) for _ in range(num_history)]
-    candidates = [(int(rng.integers(1, 10**6)), int(rng.choice([7, 8, 9])), int(rng.integers(0, NUM_SURFACES)))
-                  for _ in range(num_candidates)]
-    return {"user_id": int(rng.integers(1, 10**6)), "history": history, "candidates": candidates}
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m serving.client",
-                                 description="Send requests to a running Phoenix Triton server.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    sc = sub.add_parser("score", help="score candidates for one user and print a ranked table",
-                        description="Score candidates for one user and print a ranked table. Without --candidate, "
-                                    "scores a reproducible demo user (see --seed).")
-    for p in (sc, sub.add_parser("retrieve", help="top-k posts of the retrieval corpus for one user")):
-        p.add_argument("--url", default=None, help="server address host:port (default: 127.0.0.1:8001 for grpc, "
-                                                   "127.0.0.1:8000 for http)")
-        p.add_argument("--protocol", choices=("grpc", "http"), default="grpc", help="protocol (default: grpc)")
-        p.add_argument("--manifest", default=None, help="read S, limits and hash parameters from this build "
-                                                        "manifest instead of the server")
-        p.add_argument("--user-id", type=int, default=None, help="raw user id (hashed by the client)")
-        p.add_argument("--history", action="append", default=[], metavar="POST:AUTHOR:ACTIONS:SURFACE",
-                       help="one history item (repeatable), oldest first; ACTIONS comma-separated names, e.g. "
-                            "123:45:favorite,reply:2")
-        p.add_argument("--seed", type=int, default=0, help="seed of the demo user used when no input is given")
-    sc.add_argument("--candidate", action="append", default=[], metavar="POST:AUTHOR:SURFACE",
-                    help="one candidate (repeatable), e.g. 987:45:0")
-    sc.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = ap.parse_args(argv)
-    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
-    try:
-        client = PhoenixClient(url, protocol=args.protocol, manifest=args.manifest)
-        req = demo_request(args.seed)
-        if args.user_id is not None:
-            req["user_id"] = args.user_id
-        if args.history:
-            req["history"] = _parse_history(args.history)
-        if args.command == "retrieve":
-            out = client.retrieve(**{k: req[k] for k in ("user_id", "history")})
-            print(json.dumps({k: v.tolist() for k, v in out.items() if k != "user_representation"}, indent=1))
-            return 0
-        if args.candidate:
-            req["candidates"] = _parse_candidates(args.candidate)
-        result = client.score(**req)
-    except (PhoenixInputError, PhoenixServerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # connection refused and the like: one line, not a traceback
-        print(f"error: cannot reach the server at {url} ({args.protocol}): {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"ranking": result.ranking, "final_score": result.final_score.tolist(),
-                          "weighted_score": result.weighted_score.tolist(),
-                          "scores": {k: v.tolist() for k, v in result.scores.items()}}, indent=1))
-    else:
-        print_table(result, title=f"Phoenix ranking for user {req['user_id']} ({url}, {args.protocol})")
-    return 0
+                       ranking=ranking, probs=out["probs"][b, :n] if "probs" in out else None, candidates=candidates)
 
 
 if __name__ == "__main__":
+    import sys
+
+    from serving.cli import main
     sys.exit(main())

@@ -33,10 +33,11 @@ def main(argv=None):
     if args.rebuild or not (repo / "manifest.json").exists():
         from export import build
         console.print(f"[bold]building the demo repository in {repo}[/] (python -m export.build)")
-        rc = build.main(["--preset", "demo", "--target", "cpu", "--engines", "none", "--output", str(repo)])
+        rc = build.main(["--preset", "demo", "--target", "cpu", "--output", str(repo)])
         if rc:
             return rc
-    from serving.client import PhoenixClient, demo_request, print_table
+    from serving.cli import demo_request, print_table
+    from serving.client import PhoenixClient
 
     try:
         with console.status("starting tritonserver (loading and warming up the models) ..."):
@@ -50,7 +51,7 @@ def main(argv=None):
     try:
         url = server.grpc_url if args.protocol == "grpc" else server.http_url
         with PhoenixClient(url, protocol=args.protocol) as client:
-            req = demo_request(args.seed)
+            req = demo_request(client.actions, args.seed)
             t0 = time.perf_counter()
             result = client.score(**req)
             ms = (time.perf_counter() - t0) * 1e3

@@ -1,209 +1,301 @@
-"""Home-mixer math on ranker logits, in plain numpy: the ONE place it lives.
+"""Home-mixer's scoring of the ranker's output, in plain numpy (the Triton postprocessor's math).
 
-logits [B, C, A] -> per-action probabilities (independent sigmoids) named as served
-(`favorite_score`, ..., `dwell_time`), the weighted score with home-mixer's offset, author
-diversity, the out-of-network factor and the ranking. The Triton postprocess model, the client and
-the tests all import this module.
+Only numpy and the standard library: the build copies this file into the Triton model repository.
+What the scores are called, which column feeds which, and the weights are data: the build computes them with
+export.contract (`score_sources`, `scoring_params`) and records them in the manifest; this module is the math.
+Every rule below is home-mixer's, from the x-algorithm repository (January release aaa167b3,
+`home-mixer/`; the weight sums from the August release 28e414f, `home-mixer/scorers/ranking_scorer.rs`):
 
-Weighted score (xai-org/x-algorithm home-mixer `RankingScorer`):
-    combined = sum_i w_i * p_i                          (vqv weight only for eligible candidates)
-    positive_sum = sum of the weights of the positive actions (dwell_time, a continuous head, excluded)
-    negative_sum = -(sum of the weights of the negative actions)   (a positive number)
-    total_sum = positive_sum + negative_sum
-    offset(combined) = max(combined, 0)                                   if total_sum == 0
-                       (combined + negative_sum) / total_sum * OFFSET     if combined < 0
-                       combined + OFFSET                                  otherwise
-Final score: weighted score * author diversity multiplier ((1 - floor) * decay**k + floor for the
-k-th post of the same author in weighted-score order, k from 0) * oon_factor for out-of-network
-candidates. Ranking: valid candidates by final score, best first, ties by index; -1 pads the tail.
+Named scores (`scorers/phoenix_scorer.rs`, `extract_phoenix_scores`; `candidate_pipeline/candidate.rs`,
+`PhoenixScores`)
+    A model's logit columns are named by its ordered action list: the January names (`favorite`, `repost`,
+    ..., `dwell_time`) or proto `ActionName` names in lower case (`server_tweet_fav`, ...). Each of the 19
+    PhoenixScores fields (contract.PHOENIX_SCORES) reads the first column whose name is its January name or
+    the ActionName that `extract_phoenix_scores` reads (contract.score_sources); its value is that column's
+    probability, an independent sigmoid of the logit. `dwell_time` reads `continuous_preds[..., 1]`
+    (ContinuousActionName DWELL_TIME = 1; the model's sigmoid output, dwell time over a 30 s scale) when
+    the model has a continuous head, else the January column `dwell_time` (its sigmoid). A field with no
+    source is NaN (upstream: `None`). Columns that no field reads are served under their own name; a
+    `dwell_time` column of a model that also has a continuous head is superseded and not served.
+
+Weighted score (`scorers/weighted_scorer.rs`)
+    combined = sum over fields of (value, or 0 when NaN) * weight                   (`apply`, :40-42)
+    the vqv weight counts only when video_duration_ms > min_video_duration_ms, 0 = unknown (:72-81)
+    offset (:83-91), with positive_sum = the positive weights except dwell_time, negative_sum =
+    -(not_interested + block_author + mute_author + report), total_sum = positive_sum + negative_sum
+    (ranking_scorer.rs:105-128):
+        max(combined, 0)                                                  if total_sum == 0
+        (combined + negative_sum) / total_sum * negative_scores_offset    if combined < 0
+        combined + negative_scores_offset                                 otherwise
+    `normalize_score` (util/score_normalizer.rs) is not public; it is treated as the identity.
+
+Author diversity (`scorers/author_diversity_scorer.rs`)
+    Candidates in weighted-score order, best first, stable (ties keep the candidate order); the k-th
+    candidate (k from 0) of an author is multiplied by (1 - floor) * decay**k + floor. The author key is
+    `candidate_author_ids` (every value a key, 0 included, as upstream's u64 author_id). Without ids
+    (not upstream: the ranker sees only hashes), the first author hash is the key and hash 0 means
+    "unknown author": never penalised and not counted. With neither, nothing is penalised.
+
+Out of network (`scorers/oon_scorer.rs`)
+    in_network False multiplies by oon_factor; True, or the input absent (unknown), leaves the score.
+
+final_score = weighted -> author diversity -> out of network (home-mixer's scorer order). `ranking`:
+valid candidates by final score, best first, ties by candidate index; -1 pads the tail. Padded
+candidates (`valid` False) get weighted and final score 0, are left out of author diversity counting
+and of the ranking; their named scores are passed through. The math is float64 throughout (the order
+decisions too); outputs are float32 [B, C] (`ranking` int32).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from phoenix_torch import ACTIONS, SCORE_NAMES, RecsysBatch
-
-# Published defaults (August release), in upstream action order (index = logit column).
-_DEFAULT_WEIGHT_VALUES = (0.5, 5.0, 1.0, 0.05, 0.4, 0.0, 0.05, 2.0, 5.0, 20.0, 0.0, 5.0, 0.05, 4.0,
-                          -43.2, -31.2, -58.8, -234.0, 0.004)
-DEFAULT_WEIGHTS: dict[str, float] = dict(zip(ACTIONS, _DEFAULT_WEIGHT_VALUES))
-NEGATIVE_ACTIONS = tuple(ACTIONS[14:18])      # not_interested, block_author, mute_author, report
-CONTINUOUS_ACTIONS = (ACTIONS[18],)           # dwell_time: a value, not a positive action
-VQV_ACTION = ACTIONS[6]
-NEGATIVE_SCORES_OFFSET = 0.001
-
-# Input fields in RecsysBatch order: bit i of the ranker's `input_error` refers to field i.
-INPUT_FIELDS = tuple(RecsysBatch._fields)
-OUTPUT_NAMES = (*SCORE_NAMES, "weighted_score", "final_score", "ranking")
+# Public input names, as error messages use them.
+LOGITS = "logits"
+CONTINUOUS_PREDS = "continuous_preds"
+AUTHOR_IDS = "candidate_author_ids"
+AUTHOR_HASHES = "candidate_author_hashes"
+VIDEO_DURATION = "candidate_video_duration_ms"
+IN_NETWORK = "candidate_in_network"
+VALID = "valid"
 
 
 @dataclass(frozen=True)
 class ScoringParams:
-    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
-    negative_scores_offset: float = NEGATIVE_SCORES_OFFSET
-    author_diversity_decay: float = 0.5
-    author_diversity_floor: float = 0.25
-    oon_factor: float = 0.75
+    """home-mixer's weights (one per PhoenixScores field, by short name), the order weighted_scorer.rs adds the
+    terms in, which weights are negative / continuous, and the scalars of the scorers. Built from the
+    manifest record (export.contract.scoring_params)."""
+    weights: dict
+    order: tuple
+    negative: tuple
+    continuous: tuple
+    negative_scores_offset: float
+    author_diversity_decay: float
+    author_diversity_floor: float
+    oon_factor: float
+    min_video_duration_ms: int
 
-    def __post_init__(self):
-        unknown = sorted(set(self.weights) - set(ACTIONS))
-        if unknown:
-            raise ValueError(f"unknown action weight(s) {unknown}; actions are {list(ACTIONS)}")
-        missing = [a for a in ACTIONS if a not in self.weights]
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoringParams":
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d))
         if missing:
-            raise ValueError(f"missing weight(s) for {missing}")
+            raise ValueError(f"scoring parameters lack {missing}")
+        values = {k: tuple(d[k]) if k in ("order", "negative", "continuous") else d[k] for k in names}
+        values["weights"] = {w: float(v) for w, v in d["weights"].items()}
+        values["min_video_duration_ms"] = int(d["min_video_duration_ms"])
+        unknown = set(values["order"]) ^ set(values["weights"])
+        if unknown:
+            raise ValueError(f"scoring parameters: the weights and their order disagree on {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def positive_sum(self) -> float:
+        """Sum of the positive actions' weights, the continuous ones excluded (ranking_scorer.rs:105-126)."""
+        return sum(v for w, v in self.weights.items() if w not in self.negative and w not in self.continuous)
+
+    @property
+    def negative_sum(self) -> float:
+        """-(sum of the negative actions' weights): positive for negative weights (ranking_scorer.rs:127)."""
+        return -sum(self.weights[w] for w in self.negative)
+
+    @property
+    def total_sum(self) -> float:
+        """WEIGHTS_SUM of weighted_scorer.rs: positive_sum + negative_sum (ranking_scorer.rs:128)."""
+        return self.positive_sum + self.negative_sum
 
 
-def params_from_strings(overrides: dict[str, str]) -> ScoringParams:
-    """ScoringParams from string key/values, as Triton config parameters carry them.
+# ------------------------------------------------------------------------------------------ inputs
 
-    Keys: `weight.<action>` (e.g. `weight.favorite`), `negative_scores_offset`,
-    `author_diversity_decay`, `author_diversity_floor`, `oon_factor`. Other keys are ignored.
-    """
-    weights = dict(DEFAULT_WEIGHTS)
-    scalars = {}
-    for key, value in overrides.items():
-        if key.startswith("weight."):
-            action = key[len("weight."):]
-            if action not in weights:
-                raise ValueError(f"parameter {key!r}: unknown action {action!r}; actions are {list(ACTIONS)}")
-            weights[action] = _to_float(key, value)
-        elif key in ("negative_scores_offset", "author_diversity_decay", "author_diversity_floor", "oon_factor"):
-            scalars[key] = _to_float(key, value)
-    return replace(ScoringParams(weights=weights), **scalars)
+def sigmoid(x) -> np.ndarray:
+    """Logistic function in float64, without overflow for any finite x."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(under="ignore"):           # exp(-1000) = 0 is the right answer
+        e = np.exp(-np.abs(x))                  # in [0, 1]: never overflows
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _to_float(key, value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"parameter {key!r} must be a number, got {value!r}") from None
+def _check_logits(logits, num_actions: int) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim != 3 or x.shape[-1] != num_actions:
+        raise ValueError(f"{LOGITS}: shape {x.shape} is not [B, C, {num_actions}] ({num_actions} actions)")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{LOGITS}: holds non-finite values (NaN or inf)")
+    return x
 
 
-def probabilities(logits: np.ndarray) -> np.ndarray:
-    """Independent sigmoid per action, float32, numerically stable for large |logits|."""
-    x = np.asarray(logits, dtype=np.float32)
-    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+def _check_continuous(preds, batch_shape: tuple[int, int]) -> np.ndarray | None:
+    if preds is None:
+        return None
+    x = np.asarray(preds, dtype=np.float64)
+    if x.ndim != 3 or x.shape[:2] != batch_shape:
+        raise ValueError(f"{CONTINUOUS_PREDS}: shape {x.shape} is not [B, C, K] for the candidates {batch_shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{CONTINUOUS_PREDS}: holds non-finite values (NaN or inf)")
+    return x
 
 
-def named_scores(probs: np.ndarray) -> dict[str, np.ndarray]:
-    """[B, C, A] probabilities -> {serving name: [B, C] float32}."""
-    if probs.shape[-1] != len(SCORE_NAMES):
-        raise ValueError(f"logits: last dim must be {len(SCORE_NAMES)} actions, got shape {probs.shape}")
-    return {name: np.ascontiguousarray(probs[..., i], dtype=np.float32) for i, name in enumerate(SCORE_NAMES)}
+def _per_candidate(name: str, values, batch_shape: tuple[int, int]) -> np.ndarray | None:
+    """An optional [B, C] input, or None; a shape that is not [B, C] raises ValueError naming it."""
+    if values is None:
+        return None
+    x = np.asarray(values)
+    if x.shape != batch_shape:
+        raise ValueError(f"{name}: shape {x.shape} does not match the candidates {batch_shape}")
+    return x
 
 
-def weighted_score(probs: np.ndarray, params: ScoringParams = ScoringParams(),
-                   vqv_eligible: np.ndarray | None = None) -> np.ndarray:
-    """Home-mixer weighted score with offset, [B, C] float32 (computed in float64).
-
-    vqv_eligible [B, C] bool (videos longer than the minimum duration); None = every candidate.
-    """
-    w = np.array([params.weights[a] for a in ACTIONS], dtype=np.float64)
-    p = np.asarray(probs, dtype=np.float64)
-    terms = p * w
-    if vqv_eligible is not None:
-        vqv = ACTIONS.index(VQV_ACTION)
-        terms[..., vqv] *= np.asarray(vqv_eligible, dtype=np.float64)
-    combined = terms.sum(-1)
-    negative_sum = -sum(params.weights[a] for a in NEGATIVE_ACTIONS)
-    positive_sum = sum(params.weights[a] for a in ACTIONS
-                       if a not in NEGATIVE_ACTIONS and a not in CONTINUOUS_ACTIONS)
-    total_sum = positive_sum + negative_sum
-    off = params.negative_scores_offset
-    if total_sum == 0:
-        out = np.maximum(combined, 0.0)
-    else:
-        out = np.where(combined < 0, (combined + negative_sum) / total_sum * off, combined + off)
-    return out.astype(np.float32)
+def _check_durations(values, batch_shape: tuple[int, int]) -> np.ndarray | None:
+    x = _per_candidate(VIDEO_DURATION, values, batch_shape)
+    if x is None:
+        return None
+    x = x.astype(np.float64)
+    if not (x >= 0).all():
+        raise ValueError(f"{VIDEO_DURATION}: must be >= 0; 0 = unknown")
+    return x
 
 
-def author_diversity(scores: np.ndarray, author_keys: np.ndarray, valid: np.ndarray,
-                     decay: float = 0.5, floor: float = 0.25) -> np.ndarray:
-    """Multiply the k-th post (k from 0, in score order) of each author by (1-floor)*decay**k + floor.
+# ------------------------------------------------------------------------------------------ math
 
-    Only valid candidates count; an author key of 0 (unknown author) is never penalised.
-    """
-    scores = np.asarray(scores, dtype=np.float32)
-    out = scores.copy()
-    for b in range(scores.shape[0]):
-        seen: dict[int, int] = {}
-        for c in _order(scores[b], valid[b]):
-            key = int(author_keys[b, c])
-            if key == 0:
-                continue
-            k = seen.get(key, 0)
-            seen[key] = k + 1
-            out[b, c] = scores[b, c] * ((1.0 - floor) * decay ** k + floor)
+def named_scores(probs: np.ndarray, continuous: np.ndarray | None, sources: dict) -> dict[str, np.ndarray]:
+    """The PhoenixScores fields (NaN where the model has no source) and the unread columns, float64."""
+    out = {}
+    for name, src in sources["fields"].items():
+        if src is None:
+            out[name] = np.full(probs.shape[:2], np.nan)
+        elif src[0] == "continuous":
+            if continuous is None or continuous.shape[2] <= src[1]:
+                raise ValueError(f"{CONTINUOUS_PREDS}: {name} reads its column {src[1]}, which the input lacks")
+            out[name] = continuous[..., src[1]].copy()
+        else:
+            out[name] = probs[..., src[1]].copy()
+    out.update({name: probs[..., i].copy() for name, i in sources["columns"].items()})
     return out
 
 
-def _order(row_scores: np.ndarray, row_valid: np.ndarray) -> np.ndarray:
-    """Indices of the valid entries, best score first, ties by index."""
-    idx = np.flatnonzero(row_valid)
-    return idx[np.argsort(-row_scores[idx], kind="stable")]
+def vqv_eligible(video_duration_ms: np.ndarray | None, batch_shape, min_video_duration_ms: int) -> np.ndarray:
+    """[B, C] bool: a known duration strictly above the minimum (weighted_scorer.rs:72-81; 0/None = unknown)."""
+    if video_duration_ms is None:
+        return np.zeros(batch_shape, dtype=bool)
+    return (video_duration_ms > 0) & (video_duration_ms > min_video_duration_ms)
 
 
-def ranking(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """[B, C] int32: candidate indices best first, padded/invalid candidates left out, -1 at the tail."""
-    out = np.full(scores.shape, -1, dtype=np.int32)
-    for b in range(scores.shape[0]):
-        order = _order(scores[b], valid[b])
-        out[b, : len(order)] = order
+def combined_score(fields_: dict[str, np.ndarray], eligible: np.ndarray, params: ScoringParams) -> np.ndarray:
+    """sum over fields of (value, 0 when NaN) * weight, in weighted_scorer.rs's order; the vqv weight only
+    where eligible (:44-67). A field's short name is its name without `_score`."""
+    by_short = {name.removesuffix("_score"): values for name, values in fields_.items()}
+    total = np.zeros(eligible.shape, dtype=np.float64)
+    for short in params.order:
+        weight = np.where(eligible, params.weights[short], 0.0) if short == "vqv" else params.weights[short]
+        total = total + np.nan_to_num(by_short[short], nan=0.0) * weight
+    return total
+
+
+def offset_score(combined: np.ndarray, params: ScoringParams) -> np.ndarray:
+    """weighted_scorer.rs `offset_score` (:83-91), sums as ranking_scorer.rs:105-128."""
+    total_sum = params.total_sum
+    if total_sum == 0.0:
+        return np.maximum(combined, 0.0)
+    negative = (combined + params.negative_sum) / total_sum * params.negative_scores_offset
+    return np.where(combined < 0.0, negative, combined + params.negative_scores_offset)
+
+
+def diversity_multiplier(k: np.ndarray, decay: float, floor: float) -> np.ndarray:
+    """(1 - floor) * decay**k + floor for the k-th post of an author (author_diversity_scorer.rs:29-31)."""
+    return (1.0 - floor) * np.power(decay, np.asarray(k, dtype=np.float64)) + floor
+
+
+def _best_first(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Indices where mask, by score descending, ties by index (a stable sort, as Rust's sort_by)."""
+    idx = np.flatnonzero(mask)
+    return idx[np.argsort(-scores[idx], kind="stable")]
+
+
+def _occurrence(keys: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same key (0 for a key's first)."""
+    n = len(keys)
+    by_key = np.argsort(keys, kind="stable")
+    sorted_keys = keys[by_key]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    group_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, dtype=int)
+    out = np.empty(n, dtype=np.int64)
+    out[by_key] = np.arange(n) - group_start
     return out
 
 
-def score_logits(logits: np.ndarray, candidate_post_hashes: np.ndarray,
-                 candidate_author_hashes: np.ndarray | None = None,
-                 params: ScoringParams = ScoringParams(), in_network: np.ndarray | None = None,
-                 vqv_eligible: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Everything the postprocess model returns, from logits [B, C, A] and candidate hashes [B, C, H].
+def author_keys_of(author_ids, author_hash_fallback, batch_shape) -> tuple[np.ndarray, np.ndarray]:
+    """(keys [B, C], counted [B, C] bool): ids when given (every id counts, 0 included); else the first
+    author hash, hash 0 (unknown author) not counted; with neither, nothing counts."""
+    if author_ids is not None:
+        return np.asarray(author_ids).astype(np.int64), np.ones(batch_shape, dtype=bool)
+    if author_hash_fallback is not None:
+        keys = np.asarray(author_hash_fallback).astype(np.int64)
+        return keys, keys != 0
+    return np.zeros(batch_shape, dtype=np.int64), np.zeros(batch_shape, dtype=bool)
 
-    Validity is the first post hash != 0 (as in the model). Padded candidates get weighted and final
-    score 0 and never appear in the ranking. in_network [B, C] bool: None = all in network.
+
+def author_diversity(weighted: np.ndarray, keys: np.ndarray, counted: np.ndarray, valid: np.ndarray,
+                     decay: float, floor: float) -> np.ndarray:
+    """author_diversity_scorer.rs:42-65: in stable weighted-score order, the k-th candidate of an author
+    is multiplied by diversity_multiplier(k). Only valid, counted candidates take part; others keep 1."""
+    multiplier = np.ones(weighted.shape, dtype=np.float64)
+    for b in range(weighted.shape[0]):
+        order = _best_first(weighted[b], valid[b] & counted[b])
+        multiplier[b, order] = diversity_multiplier(_occurrence(keys[b, order]), decay, floor)
+    return weighted * multiplier
+
+
+def out_of_network(scores: np.ndarray, in_network: np.ndarray | None, oon_factor: float) -> np.ndarray:
+    """oon_scorer.rs:20-23: in_network False -> * oon_factor; True or unknown (None) unchanged."""
+    if in_network is None:
+        return scores
+    return np.where(np.asarray(in_network).astype(bool), scores, scores * oon_factor)
+
+
+def ranking(final: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """[B, C] int32: valid candidates best first (ties by index), -1 at the tail."""
+    out = np.full(final.shape, -1, dtype=np.int32)
+    for b in range(final.shape[0]):
+        order = _best_first(final[b], valid[b])
+        out[b, :len(order)] = order
+    return out
+
+
+def score(logits, sources: dict, valid, continuous_preds=None, author_keys=None, author_hash_fallback=None,
+          video_duration_ms=None, in_network=None, params: ScoringParams | None = None) -> dict[str, np.ndarray]:
+    """Every served name (contract.served_score_names) for ranker output logits [B, C, A].
+
+    sources: contract.score_sources of the model (which column feeds which field); valid [B, C] bool
+    (False = padded candidate); continuous_preds [B, C, K] or None (no continuous head); author_keys =
+    candidate_author_ids [B, C]; author_hash_fallback: the first candidate author hash [B, C], used without
+    ids; video_duration_ms [B, C] (0 = unknown); in_network [B, C] bool or None (unknown); params: the
+    manifest's scoring parameters. Bad input raises ValueError naming it.
     """
-    logits = np.asarray(logits)
-    post = np.asarray(candidate_post_hashes)
-    valid = post[..., 0] != 0 if post.ndim == 3 else post != 0
-    probs = probabilities(logits)
-    out = named_scores(probs)
-    weighted = np.where(valid, weighted_score(probs, params, vqv_eligible), 0.0).astype(np.float32)
-    final = weighted
-    if candidate_author_hashes is not None:
-        authors = np.asarray(candidate_author_hashes)
-        authors = authors[..., 0] if authors.ndim == 3 else authors
-        final = author_diversity(weighted, authors, valid, params.author_diversity_decay,
-                                 params.author_diversity_floor)
-    if in_network is not None:
-        final = np.where(np.asarray(in_network, dtype=bool), final, final * params.oon_factor)
-    out["weighted_score"] = weighted
+    x = _check_logits(logits, sources["num_actions"])
+    shape = x.shape[:2]
+    continuous = _check_continuous(continuous_preds, shape)
+    if valid is None:
+        raise ValueError(f"{VALID}: required ([B, C] bool, False = padded candidate)")
+    valid = _per_candidate(VALID, valid, shape).astype(bool)
+    ids = _per_candidate(AUTHOR_IDS, author_keys, shape)
+    hashes = _per_candidate(AUTHOR_HASHES, author_hash_fallback, shape)
+    durations = _check_durations(video_duration_ms, shape)
+    network = _per_candidate(IN_NETWORK, in_network, shape)
+
+    probs = sigmoid(x)
+    fields_ = named_scores(probs, continuous, sources)
+    eligible = vqv_eligible(durations, shape, params.min_video_duration_ms)
+    weighted = np.where(valid, offset_score(combined_score(fields_, eligible, params), params), 0.0)
+    keys, counted = author_keys_of(ids, hashes, shape)
+    diversified = author_diversity(weighted, keys, counted, valid, params.author_diversity_decay,
+                                   params.author_diversity_floor)
+    final = np.where(valid, out_of_network(diversified, network, params.oon_factor), 0.0)
+
+    out = {name: values.astype(np.float32) for name, values in fields_.items()}
+    out["weighted_score"] = weighted.astype(np.float32)
     out["final_score"] = final.astype(np.float32)
     out["ranking"] = ranking(final, valid)
+    out["probs"] = probs.astype(np.float32)
     return out
-
-
-def describe_input_error(mask: int, ranges: dict[str, str] | None = None) -> str:
-    """Turn a ranker `input_error` bitmask into a sentence naming the offending field(s)."""
-    names = [name for i, name in enumerate(INPUT_FIELDS) if int(mask) >> i & 1]
-    if not names:
-        return ""
-    ranges = ranges or {}
-    parts = [f"{n} holds a value outside {ranges[n]}" if n in ranges else f"{n} holds an out-of-range value"
-             for n in names]
-    return "; ".join(parts)
-
-
-def valid_ranges(user_vocab: int, post_vocab: int, author_vocab: int, num_surfaces: int = 16) -> dict[str, str]:
-    """Human-readable valid range of every input field, for error messages."""
-    return {
-        "user_hashes": f"[0, {user_vocab})",
-        "history_post_hashes": f"[0, {post_vocab})",
-        "history_author_hashes": f"[0, {author_vocab})",
-        "history_actions": "{0, 1}",
-        "history_product_surface": f"[0, {num_surfaces})",
-        "candidate_post_hashes": f"[0, {post_vocab})",
-        "candidate_author_hashes": f"[0, {author_vocab})",
-        "candidate_product_surface": f"[0, {num_surfaces})",
-    }

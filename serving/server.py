@@ -1,19 +1,23 @@
-"""Launch a real Triton Inference Server on a model repository.
+"""Launch and supervise a real Triton Inference Server on a Phoenix model repository.
 
     python -m serving.server --model-repository triton_repo
 
 Uses a `tritonserver` on PATH if there is one (NVIDIA's container), else the one bundled in the
 `nvidia-pytriton` wheel (Python backend only). For the bundled server this module prepares a backend
 folder with the Python-backend stub of the running Python version and sets LD_LIBRARY_PATH to the
-wheel's libraries and to this interpreter's libpython, so the stub embeds this very interpreter
-(numpy < 2, torch, ...).
+wheel's libraries and to this interpreter's libpython, so the stub embeds this interpreter (its numpy < 2
+and onnxruntime). The repository is self-contained: its Python models import only numpy, the Python
+backend's utils, the packages the build copied beside them and their engine's runtime.
 
-How Python-backend models find our packages: the stub ignores PYTHONPATH for its own sys.path (it
-initialises an isolated interpreter) but inherits the environment, so the launcher exports
-PYTHONPATH = project root + this interpreter's site-packages, and every committed model.py appends
-the PYTHONPATH entries to sys.path before importing `serving` / `export` (plus the `project_root`
-parameter the repository writer puts in each config.pbtxt). A system tritonserver started by hand
-works the same way with `PYTHONPATH=/path/to/project tritonserver --model-repository ...`.
+What the launcher adds to tritonserver:
+- it refuses a folder without a complete build (no manifest.json, or one that lacks its models);
+- it loads exactly the manifest's models (`--model-control-mode=explicit`, which also lets you reload one:
+  `curl -X POST localhost:8000/v2/repository/models/<name>/load`) with strict readiness;
+- it supervises the Python-backend stub processes: when one dies (a crash, an OOM kill), it reloads that
+  model through the repository API, so requests work again within seconds, while readiness turns red
+  until the model is back; every such event is logged;
+- it gives the stubs' shared-memory regions a prefix of its own and removes any left on stop;
+- a server that exits after it was ready is reported as a crash, with its last log line.
 
 Python API (tests, benchmarks, quickstart):
 
@@ -28,7 +32,6 @@ import os
 import re
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import sys
@@ -40,6 +43,7 @@ import urllib.request
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHM = Path("/dev/shm")
 
 
 class ServerError(RuntimeError):
@@ -98,11 +102,7 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
                    host: str = "127.0.0.1", extra_args: list[str] | None = None) -> tuple[list[str], dict]:
     """The tritonserver command line and environment (system binary if on PATH, else bundled)."""
     env = dict(os.environ)
-    paths = [str(PROJECT_ROOT), *site.getsitepackages()]
-    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
-        paths.append(site.getusersitepackages())
-    paths += [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.pop("PYTHONPATH", None)   # the repository is self-contained: nothing of this project on the stubs' path
     # the embedded interpreter finds its prefix through `python3` on PATH: put this interpreter's
     # folder first so a virtual environment's site-packages (numpy < 2 ...) are the stub's too
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -159,23 +159,46 @@ def _stop_with_parent():
         pass
 
 
+def repository_models(model_repository: Path) -> list[str]:
+    """The models a complete build holds (its manifest's Triton configs); ServerError when it is not one."""
+    from export.contract import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(model_repository)
+    except ManifestError as e:
+        raise ServerError(f"refusing to serve {model_repository}: {e}") from None
+    models = sorted(a["model"] for a in manifest["artifacts"] if a["kind"] == "triton_config")
+    missing = [m for m in models if not (model_repository / m / "config.pbtxt").is_file()]
+    if not models or missing:
+        raise ServerError(f"refusing to serve {model_repository}: its manifest lists models {models} but "
+                          f"{missing or 'none'} have no config.pbtxt; rebuild with `python -m export.build`")
+    return models
+
+
 class TritonServer:
-    """A tritonserver process on a model repository: start (free loopback ports), wait ready, stop."""
+    """A tritonserver process on a model repository: start (free loopback ports), wait ready, supervise, stop."""
 
     def __init__(self, model_repository, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  startup_timeout: float = 300.0, extra_args: list[str] | None = None,
-                 log_path: str | Path | None = None, check_ports: bool = True):
+                 log_path: str | Path | None = None, check_ports: bool = True, supervise: bool = True,
+                 model_control: str = "explicit", on_event=None):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.ports = {"HTTP": http_port or free_port(host), "gRPC": grpc_port or free_port(host),
                       "metrics": metrics_port or free_port(host)}
         self.startup_timeout = startup_timeout
-        self.extra_args = extra_args
+        self.extra_args = list(extra_args or [])
         self.log_path = Path(log_path) if log_path else None
         self.check_ports = check_ports  # False: let tritonserver itself report a taken port
+        self.supervise = supervise and model_control == "explicit"
+        self.model_control = model_control
+        self.on_event = on_event or (lambda message: None)
+        self.shm_prefix = f"phoenix{os.getpid()}x{free_port(host)}_"
         self._temp_log = False
         self.process: subprocess.Popen | None = None
+        self.supervisor = None
+        self.ready_at: float | None = None
 
     http_url = property(lambda self: f"{self.host}:{self.ports['HTTP']}")
     grpc_url = property(lambda self: f"{self.host}:{self.ports['gRPC']}")
@@ -184,10 +207,19 @@ class TritonServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
+    def args(self, models: list[str]) -> list[str]:
+        """tritonserver flags beyond the ports: model control, readiness, the stubs' shared-memory prefix."""
+        out = [f"--model-control-mode={self.model_control}", "--strict-readiness=true",
+               f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}"]
+        if self.model_control == "explicit":
+            out += [f"--load-model={m}" for m in models]
+        return out + self.extra_args
+
     def start(self) -> "TritonServer":
         if not self.model_repository.is_dir():
             raise ServerError(f"model repository {self.model_repository} does not exist "
                               "(build it with `python -m export.build`)")
+        models = repository_models(self.model_repository)
         for name, port in self.ports.items():
             if self.check_ports and port_in_use(self.host, port):
                 raise ServerError(f"tritonserver not started: {name} port {port} on {self.host} is already in use "
@@ -197,12 +229,16 @@ class TritonServer:
             os.close(fd)
             self.log_path, self._temp_log = Path(name), True
         cmd, env = server_command(self.model_repository, self.ports["HTTP"], self.ports["gRPC"],
-                                  self.ports["metrics"], self.host, self.extra_args)
+                                  self.ports["metrics"], self.host, self.args(models))
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
                                             preexec_fn=_stop_with_parent)
         self._wait_ready()
+        self.ready_at = time.monotonic()
+        if self.supervise:
+            from serving.supervisor import StubSupervisor
+            self.supervisor = StubSupervisor(self.process.pid, f"http://{self.http_url}", self.on_event).start()
         return self
 
     def _wait_ready(self):
@@ -232,16 +268,28 @@ class TritonServer:
         except (urllib.error.URLError, OSError):
             return False
 
+    def crash_report(self) -> str:
+        """Why a server that was ready has exited: exit code or signal, uptime, its last lines."""
+        code = self.process.returncode if self.process else None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        up = f" after {time.monotonic() - self.ready_at:.0f} s of serving" if self.ready_at else ""
+        lines = [ln for ln in self.log().splitlines() if ln.strip()][-3:]
+        return f"tritonserver crashed ({how}){up}. Last server lines: " + " | ".join(lines)
+
     def stop(self, timeout: float = 30.0):
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         p, self.process = self.process, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for region in SHM.glob(f"{self.shm_prefix}*"):   # a killed stub's region outlives it
+            region.unlink(missing_ok=True)
 
     def __enter__(self):
         return self.start()
@@ -257,7 +305,7 @@ def main(argv=None):
         prog="python -m serving.server",
         description="Start tritonserver on a Phoenix model repository (a system tritonserver if on "
                     "PATH, else the one bundled in nvidia-pytriton), wait until every model is ready, "
-                    "print the URLs, and stop cleanly on Ctrl-C.")
+                    "print the URLs, reload any model whose process dies, and stop cleanly on Ctrl-C.")
     ap.add_argument("--model-repository", default="triton_repo",
                     help="model repository folder written by `python -m export.build` (default: triton_repo)")
     ap.add_argument("--host", default="127.0.0.1",
@@ -270,8 +318,20 @@ def main(argv=None):
                     help="seconds to wait for every model to load and warm up (default: 300)")
     ap.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
     ap.add_argument("--verbose", action="store_true", help="also print the server log while it runs")
+    ap.add_argument("--model-control-mode", choices=("explicit", "none", "poll"), default="explicit",
+                    help="explicit (default): load the manifest's models, reload one with POST "
+                         "/v2/repository/models/<name>/load, and heal crashed model processes; none/poll: "
+                         "tritonserver's own modes (no healing)")
+    ap.add_argument("--no-supervise", action="store_true",
+                    help="do not watch the Python-backend stub processes (no automatic reload after a crash)")
+    ap.add_argument("--trt-version-compatible", action="store_true",
+                    help="let the TensorRT backend load version-compatible plans (built with "
+                         "--trt-version-compatible): --backend-config=tensorrt,version-compatible=true")
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments, after `--` (e.g. -- --log-verbose=1)")
     args = ap.parse_args(argv)
+    extra = list(args.extra)
+    if args.trt_version_compatible:
+        extra.append("--backend-config=tensorrt,version-compatible=true")
 
     def interrupt(*_):
         raise KeyboardInterrupt
@@ -280,8 +340,9 @@ def main(argv=None):
     signal.signal(signal.SIGINT, interrupt)   # also when started in the background (SIGINT ignored there)
     server = TritonServer(args.model_repository, host=args.host, http_port=args.http_port or None,
                           grpc_port=args.grpc_port or None, metrics_port=args.metrics_port or None,
-                          startup_timeout=args.startup_timeout, extra_args=args.extra,
-                          log_path=args.log_file)
+                          startup_timeout=args.startup_timeout, extra_args=extra, log_path=args.log_file,
+                          supervise=not args.no_supervise, model_control=args.model_control_mode,
+                          on_event=lambda message: print(f"[supervisor] {message}", flush=True))
     print(f"starting tritonserver on {server.model_repository} ...", flush=True)
     t0 = time.monotonic()
     try:
@@ -302,7 +363,8 @@ def main(argv=None):
                 print(text[offset:], end="", flush=True)
                 offset = len(text)
             time.sleep(0.5)
-        print(f"error: {explain_failure(server.log(), server.ports)}", file=sys.stderr)
+        print(f"error: {server.crash_report()}", file=sys.stderr)
+        server.stop()
         return 1
     except KeyboardInterrupt:
         print("\nstopping tritonserver ...", flush=True)

@@ -28,3 +28,40 @@ def golden_files() -> list[Path]:
 def golden_dir() -> Path:
     golden_files()
     return GOLDEN_DIR
+
+
+# ---------------------------------------------------------------------------------------------- shared builds
+
+DEMO_BUILD = ["--preset", "demo", "--target", "cpu"]
+DEMO_VOCAB = {"user": 500, "item": 1000, "author": 700}
+
+
+def run_build(args: list[str], output: Path) -> Path:
+    from export import build
+
+    assert build.main([*args, "--output", str(output)]) == 0, f"export.build {' '.join(args)} failed"
+    return output
+
+
+@pytest.fixture(scope="session")
+def demo_tables(tmp_path_factory) -> Path:
+    """Tables in the release's layout with a different vocab per entity."""
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("tables") / "tables.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, **{f"{e}_embeddings": rng.standard_normal((n, 128)).astype(np.float32) for e, n in DEMO_VOCAB.items()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory, demo_tables) -> Path:
+    """The January demo model, cpu target, tables from a file: shared by the build and serving tests."""
+    return run_build([*DEMO_BUILD, "--tables", str(demo_tables)], tmp_path_factory.mktemp("demo") / "repo")
+
+
+@pytest.fixture(scope="session")
+def may_repo(tmp_path_factory) -> Path:
+    """The May release's artifacts folder (tests/golden/may/may_artifacts_mini), fp32, cpu target."""
+    return run_build(["--artifacts", str(MAY_ARTIFACTS), "--precision", "fp32", "--target", "cpu"],
+                     tmp_path_factory.mktemp("may") / "repo")

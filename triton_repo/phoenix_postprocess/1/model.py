@@ -1,61 +1,58 @@
-"""Triton Python backend: ranker logits -> named engagement scores, weighted score and ranking.
+"""Triton Python backend: ranker output -> home-mixer's named scores, weighted score, final score, ranking.
 
-Inputs (per user): logits [C, A] FP32, input_error [1] INT32, candidate_post_hashes [C, Hi] INT32,
-candidate_author_hashes [C, Ha] INT32. Outputs: one FP32 [C] per action (`favorite_score`, ...,
-`dwell_time`), `weighted_score`, `final_score` (after author diversity) and `ranking` INT32 [C]
-(best first, -1 pads). The math is `serving.scoring`; weights come from the config parameters
-(`weight.<action>`). A request whose `input_error` is non-zero gets an error naming the field; the
-other requests of the same batch are answered normally.
+Inputs per user: `logits` [C, A] (and `continuous_preds` [C, K] for May-style models), the ranker's
+`input_error`, `candidate_post_hashes` (padding = hash 0) and, optional, `candidate_author_hashes`,
+`candidate_author_ids`, `candidate_video_duration_ms` (0 = unknown) and `candidate_in_network`.
+Outputs: the 19 PhoenixScores fields (NaN where the model has no column for one), every column no field
+reads (under its own name), `weighted_score`, `final_score` (after author diversity and the out-of-network
+factor), `ranking` (best first, -1 pads) and `probs` [C, A]. The math is phoenix_serving.scoring; which
+column feeds which field and the weights come from this model's record in manifest.json. A request
+whose `input_error` is set, or whose optional inputs do not fit its candidates, gets INVALID_ARG naming the
+input; the other requests of the batch are answered normally.
 """
-import json
-import os
-import sys
+from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from phoenix_export import contract
+from phoenix_serving import scoring
 
-def add_import_paths(model_config: dict):
-    """Let the stub import our packages: PYTHONPATH entries (set by serving.server) + project_root."""
-    params = model_config.get("parameters", {})
-    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    root = params.get("project_root", {}).get("string_value")
-    for p in extra + ([root] if root else []):
-        if p not in sys.path and os.path.isdir(p):
-            sys.path.append(p)
+OPTIONAL = ("candidate_author_hashes", "candidate_author_ids", "candidate_video_duration_ms", "candidate_in_network")
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        add_import_paths(config)
-        from serving import scoring
-
-        self.scoring = scoring
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.params = scoring.params_from_strings(params)
-        vocab = {k: int(params.get(k, 0)) for k in ("user_vocab", "post_vocab", "author_vocab")}
-        self.ranges = scoring.valid_ranges(**vocab) if all(vocab.values()) else {}
-        self.outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        root = Path(args["model_repository"]).resolve().parent
+        manifest = contract.read_manifest(root)
+        rec = manifest["served"][args["model_name"]]
+        self.sources = rec["sources"]
+        self.params = scoring.ScoringParams.from_dict(rec["params"])
+        self.ranker_inputs = manifest["served"][contract.RANKER]["inputs"]
+        self.outputs = [o["name"] for o in rec["outputs"]]
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
 
     def _one(self, request):
         def get(name):
-            return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
 
         try:
             errors = get("input_error").reshape(-1)
-            bad = np.flatnonzero(errors)
-            if bad.size:
-                msg = "; ".join(f"user {int(b)}: {self.scoring.describe_input_error(int(errors[b]), self.ranges)}"
-                                for b in bad)
-                return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid input: {msg}"))
-            out = self.scoring.score_logits(get("logits"), get("candidate_post_hashes"),
-                                            get("candidate_author_hashes"), self.params)
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[name], dtype=dtype))
-                       for name, dtype in self.outputs.items()]
-            return pb_utils.InferenceResponse(output_tensors=tensors)
-        except Exception as e:  # one bad request must not fail the batch
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"phoenix_postprocess: {e}"))
+            if errors.any():
+                bad = "; ".join(f"user {int(b)}: {contract.describe_input_error(int(errors[b]), self.ranker_inputs)}"
+                                for b in np.flatnonzero(errors))
+                raise ValueError(f"invalid input: {bad}")
+            post = get("candidate_post_hashes")
+            author_hashes = get("candidate_author_hashes")
+            out = scoring.score(get("logits"), self.sources, post[..., 0] != 0, get("continuous_preds"),
+                                author_keys=get("candidate_author_ids"),
+                                author_hash_fallback=None if author_hashes is None else author_hashes[..., 0],
+                                video_duration_ms=get("candidate_video_duration_ms"),
+                                in_network=get("candidate_in_network"), params=self.params)
+        except ValueError as e:  # bad input: 400, named; one bad request never fails the batch
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"phoenix_postprocess: {e}", pb_utils.TritonError.INVALID_ARG))
+        return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(out[n])) for n in self.outputs])

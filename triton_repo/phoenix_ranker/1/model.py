@@ -1,106 +1,116 @@
-"""Triton Python backend: host any Phoenix engine through `export.runtime.load_engine`.
+"""Triton Python backend: the engine host of phoenix_ranker, phoenix_ranker_embeddings, phoenix_user_tower and
+phoenix_candidate_tower (cpu and gpu-python targets).
 
-Serves the ranker for the `cpu` and `gpu-python` targets, and (copied by the repository writer) the
-user and candidate towers. Config parameters: `engine_model` (ranker | user_tower |
-candidate_tower), `engine_kind` (onnxruntime | torch | torch_compile | aoti | tensorrt),
-`manifest_dir` (relative to the model repository root, default "."), `project_root`.
-The dynamic batcher hands several requests to one `execute`: they are concatenated into one engine
-call and the outputs are split back. Requests with different candidate counts share the call too: the
-candidate fields are padded with hash 0 up to the largest C, which changes no real candidate's score
-(candidate isolation), and each request gets its own C back. An engine failure answers each request of
-that call with the error.
+At start-up the model reads its record in the repository's manifest.json (`served.<model name>`): the graph
+and engine kind to run, its input specs and limits and, for hashes-in models, the hash tables to gather
+rows from (memory-mapped .npy files). For each execution:
+1. every request is checked before any work (phoenix_export.contract.check_request: missing inputs, dtypes,
+   shapes, B or C of 0, ragged candidate inputs, the candidate / batch / byte limits, values outside their
+   range); a bad request gets INVALID_ARG (HTTP 400) naming the input or the limit, the others go on;
+2. requests that differ only in B and C share one engine call (phoenix_serving.batching: candidates padded
+   with hash 0, exact thanks to candidate isolation; the config allows ragged batches);
+3. hashed inputs become their rows of the tables (hash 0 = the zero padding row);
+4. the engine runs, and each request gets its own rows and candidate count back.
+Absent optional inputs (the May IP hashes, dwell, timestamps) are their zero value.
+Imports: numpy, triton_python_backend_utils, the packages the build copied beside this file, and the
+engine's own runtime (onnxruntime, torch or tensorrt).
 """
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from phoenix_export import contract, runtime
+from phoenix_serving import batching
 
-def add_import_paths(model_config: dict):
-    """Let the stub import our packages: PYTHONPATH entries (set by serving.server) + project_root."""
-    params = model_config.get("parameters", {})
-    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    root = params.get("project_root", {}).get("string_value")
-    for p in extra + ([root] if root else []):
-        if p not in sys.path and os.path.isdir(p):
-            sys.path.append(p)
+
+def _error(message, internal=False):
+    """INVALID_ARG (HTTP 400: the request is wrong) or INTERNAL (500: the engine failed)."""
+    code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        add_import_paths(config)
-        from export.runtime import load_engine
-        from serving import batching
-
-        self.batching = batching
-
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        repo_root = Path(args["model_repository"]).resolve().parent
-        manifest_dir = (repo_root / params.get("manifest_dir", ".")).resolve()
+        self.name = args["model_name"]
+        root = Path(args["model_repository"]).resolve().parent
+        manifest = contract.read_manifest(root)
+        rec = manifest["served"][self.name]
+        self.inputs, self.outputs = rec["inputs"], rec["outputs"]
+        self.limits = contract.Limits.from_dict(manifest["limits"])
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        self.engine = load_engine(manifest_dir, model=params.get("engine_model", "ranker"),
-                                  kind=params.get("engine_kind", "onnxruntime"), device=device)
-        self.inputs = [i["name"] for i in config["input"]]
-        self.outputs = {o["name"]: (pb_utils.triton_string_to_numpy(o["data_type"]), len(o["dims"]))
-                        for o in config["output"]}
+        kind = rec["engine"]
+        artifact = contract.find_artifact(manifest, rec["graph"], runtime.ARTIFACT_KIND[kind], device)
+        self.engine = runtime.open_engine(artifact, root, device, kind)
+        tables = manifest["tables"].get(rec.get("tables"), {})
+        self.tables = {e: np.load(root / t["path"], mmap_mode="r") for e, t in tables.items()}
+        self.lookups = rec.get("lookups", {})
+        config = json.loads(args["model_config"])
+        self.dims = {o["name"]: len(o["dims"]) for o in config["output"]}
 
     def execute(self, requests):
-        arrays = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
         responses = [None] * len(requests)
-        for group in self._groups(arrays):
+        good = []
+        for i, request in enumerate(requests):
             try:
-                counts = [self._num_candidates(arrays[i]) for i in group]
-                c_max = max(counts) if counts[0] is not None else None
-                feed = {n: np.concatenate([self._padded(n, arrays[i][n], c_max) for i in group]) for n in self.inputs}
-                out = self.engine(feed)
-                start = 0
-                for i, c in zip(group, counts):
-                    b = len(arrays[i][self.inputs[0]])
-                    responses[i] = pb_utils.InferenceResponse(
-                        [self._tensor(name, _own_part(np.asarray(out[name]), start, b, c, c_max))
-                         for name in self.outputs])
-                    start += b
-            except Exception as e:
-                for i in group:
-                    responses[i] = pb_utils.InferenceResponse(
-                        error=pb_utils.TritonError(f"{type(e).__name__}: {e}"))
+                arrays = self._arrays(request)
+                contract.check_request(self.inputs, arrays, self.limits, self.name)
+                good.append((i, arrays))
+            except contract.RequestError as e:
+                responses[i] = _error(str(e))
+        for group in batching.groups([a for _, a in good], self.inputs):
+            members = [good[j] for j in group]
+            try:
+                feed, parts = batching.merge([a for _, a in members], self.inputs)
+                out = self.engine(self._engine_feed(feed))
+                for (i, _), part in zip(members, batching.split(out, parts, self.outputs)):
+                    responses[i] = self._response(part)
+            except Exception as e:  # an engine failure answers each request of that call
+                for i, _ in members:
+                    responses[i] = _error(f"{self.name}: {type(e).__name__}: {e}", internal=True)
         return responses
 
-    def _num_candidates(self, request: dict):
-        cs = [v.shape[1] for n, v in request.items() if self.batching.has_candidate_dim(n, v)]
-        return cs[0] if cs else None
+    def _arrays(self, request) -> dict:
+        arrays = {}
+        for spec in self.inputs:
+            t = pb_utils.get_input_tensor_by_name(request, spec["name"])
+            if t is not None:
+                arrays[spec["name"]] = t.as_numpy()
+            elif spec.get("optional"):  # absent = its zero value, shaped like the request
+                arrays[spec["name"]] = None
+        for spec in self.inputs:
+            if arrays.get(spec["name"], 0) is None:
+                arrays[spec["name"]] = self._zeros(spec, arrays)
+        return arrays
 
-    def _padded(self, name, value, c_max):
-        if c_max is None or not self.batching.has_candidate_dim(name, value):
-            return value
-        return self.batching.pad_candidates(value, c_max)
+    def _zeros(self, spec: dict, arrays: dict) -> np.ndarray:
+        dims = {}
+        for s in self.inputs:
+            a = arrays.get(s["name"])
+            if a is not None:
+                for n, d in zip(a.shape, s["shape"]):
+                    if isinstance(d, str):
+                        dims.setdefault(d, n)
+        shape = contract.resolve_shape(spec["shape"], {"B": dims.get("B", 1), "C": dims.get("C", 1)})
+        return np.zeros(shape, dtype=spec["dtype"])
 
-    def _groups(self, arrays):
-        """Indices of requests that can share one engine call: same shapes apart from the batch dim and
-        the candidate count (candidates are padded)."""
-        groups = {}
-        for i, a in enumerate(arrays):
-            key = tuple(v.shape[2:] if self.batching.has_candidate_dim(n, v) else v.shape[1:] for n, v in a.items())
-            groups.setdefault(key, []).append(i)
-        return list(groups.values())
+    def _engine_feed(self, feed: dict) -> dict:
+        """Hash inputs -> their rows of the tables; the engine's own inputs only."""
+        for emb, (hashes, entity) in self.lookups.items():
+            feed[emb] = np.take(self.tables[entity], feed[hashes], axis=0)
+        return {n: feed[n] for n in self.engine.input_names}
 
-    def _tensor(self, name, value):
-        dtype, ndims = self.outputs[name]
-        value = np.ascontiguousarray(value, dtype=dtype)
-        if value.ndim == ndims:  # e.g. input_error [B] served as dims [1] -> [B, 1]
-            value = value.reshape(*value.shape, 1)
-        return pb_utils.Tensor(name, value)
-
-
-def _own_part(out: np.ndarray, start: int, b: int, c, c_max):
-    """This request's rows of a shared engine output, and its own candidate count."""
-    part = out[start:start + b]
-    if c is not None and c != c_max and part.ndim >= 2 and part.shape[1] == c_max:
-        part = part[:, :c]
-    return part
+    def _response(self, part: dict):
+        errors = part.get("input_error")
+        if errors is not None and errors.any():  # the graph's own range check (never reached after check_request)
+            return _error(f"{self.name}: {contract.describe_input_error(int(errors.max()), self.engine.inputs)}")
+        tensors = []
+        for name, value in part.items():
+            value = np.ascontiguousarray(value)
+            if value.ndim == self.dims[name]:   # a [B] output served as dims [1] -> [B, 1]
+                value = value.reshape(*value.shape, 1)
+            tensors.append(pb_utils.Tensor(name, value))
+        return pb_utils.InferenceResponse(output_tensors=tensors)

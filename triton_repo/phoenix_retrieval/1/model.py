@@ -1,73 +1,99 @@
-"""Triton Python backend: retrieval = user tower (a BLS call to `phoenix_user_tower`) + exact top-k.
+"""Triton Python backend: retrieval = the user tower (a BLS call to phoenix_user_tower) + top-k over the corpus.
 
-The corpus index (`corpus.npy`, L2-normalised candidate-tower embeddings [N, D], and
-`corpus_post_hashes.npy` [N, Hi] / `corpus_author_hashes.npy` [N, Ha], the hashes they came from) is
-built at export time next to this file. Inputs: the user-tower inputs (user and history fields of
-the RecsysBatch). Outputs per user: `top_k_indices` INT32 [K] (rows of the corpus),
-`top_k_post_hashes` INT32 [K, Hi], `top_k_scores` FP32 [K] (dot products), `user_representation`
-FP32 [D]. Config parameters: `top_k`, `user_tower_model`, `user_tower_output`, `project_root`.
-An out-of-range input (the tower's `input_error`) answers that request with an error naming the field.
+The corpus lives beside this file: `corpus.npy` (L2-normalised candidate representations [N, D]),
+`corpus_post_ids.npy` / `corpus_author_ids.npy` (uint64) and, optional, `corpus_topics.npy` and a FAISS
+index `corpus.faiss`; swapping those files changes the corpus without a rebuild (export.corpus). Inputs:
+the user tower's inputs, plus optional `corpus_mask` [N] (False = never retrieve that row) and `top_k` [1]
+(at most the built maximum). Outputs per user: `top_k_indices` (corpus rows), `top_k_post_ids`,
+`top_k_author_ids`, `top_k_scores` (dot products, best first), `user_representation` [D] and, when the
+corpus has topics, `top_k_topics`. Exact search
+unless the build chose the FAISS index. Bad input gets INVALID_ARG naming it.
 """
-import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from phoenix_export import contract
 
-def add_import_paths(model_config: dict):
-    """Let the stub import our packages: PYTHONPATH entries (set by serving.server) + project_root."""
-    params = model_config.get("parameters", {})
-    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    root = params.get("project_root", {}).get("string_value")
-    for p in extra + ([root] if root else []):
-        if p not in sys.path and os.path.isdir(p):
-            sys.path.append(p)
+MASKED_SCORE = -1e12   # upstream's score of a corpus row outside the mask
+
+
+def _bad(message):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        add_import_paths(config)
-        from serving import scoring
-
-        self.scoring = scoring
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        here = Path(args["model_repository"]) / args["model_version"]
-        self.corpus = np.load(here / "corpus.npy").astype(np.float32)
-        self.post_hashes = np.load(here / "corpus_post_hashes.npy").astype(np.int32)
-        self.top_k = min(int(params.get("top_k", 10)), len(self.corpus))
-        self.tower = params.get("user_tower_model", "phoenix_user_tower")
-        self.tower_output = params.get("user_tower_output", "user_representation")
-        self.inputs = [i["name"] for i in config["input"]]
-        vocab = {k: int(params.get(k, 0)) for k in ("user_vocab", "post_vocab", "author_vocab")}
-        self.ranges = scoring.valid_ranges(**vocab) if all(vocab.values()) else {}
+        here = Path(args["model_repository"]).resolve() / args["model_version"]
+        manifest = contract.read_manifest(here.parent.parent)
+        rec = manifest["served"][args["model_name"]]
+        self.inputs, self.max_k = rec["inputs"], int(rec["top_k"])
+        self.limits = contract.Limits.from_dict(manifest["limits"])
+        self.corpus = np.load(here / "corpus.npy", mmap_mode="r")
+        self.post_ids = np.load(here / "corpus_post_ids.npy")
+        self.author_ids = np.load(here / "corpus_author_ids.npy")
+        topics = here / "corpus_topics.npy"
+        self.topics = np.load(topics) if topics.exists() else None
+        self.index = None
+        if rec["index"] == "faiss":
+            import faiss
+            self.index = faiss.read_index(str(here / "corpus.faiss"))
+        # BLS results in CPU memory, even from a user tower on a GPU (as_numpy reads host memory only)
+        self.preferred = None
+        if hasattr(pb_utils, "PreferredMemory"):
+            self.preferred = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
 
     def _one(self, request):
-        inputs = [pb_utils.get_input_tensor_by_name(request, n) for n in self.inputs]
-        tower = pb_utils.InferenceRequest(model_name=self.tower, inputs=inputs,
-                                          requested_output_names=[self.tower_output, "input_error"]).exec()
+        arrays = {s["name"]: pb_utils.get_input_tensor_by_name(request, s["name"]) for s in self.inputs}
+        try:
+            contract.check_request(self.inputs, {n: t.as_numpy() for n, t in arrays.items()}, self.limits,
+                                   "phoenix_retrieval")
+            mask, k = self._options(request, len(arrays[self.inputs[0]["name"]].as_numpy()))
+        except (contract.RequestError, ValueError) as e:
+            return _bad(str(e))
+        kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
+        tower = pb_utils.InferenceRequest(model_name=contract.USER_TOWER, inputs=list(arrays.values()),
+                                          requested_output_names=["user_representation"], **kwargs).exec()
         if tower.has_error():
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(tower.error().message()))
-        errors = pb_utils.get_output_tensor_by_name(tower, "input_error").as_numpy().reshape(-1)
-        if errors.any():
-            msg = "; ".join(f"user {int(b)}: {self.scoring.describe_input_error(int(errors[b]), self.ranges)}"
-                            for b in np.flatnonzero(errors))
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"invalid input: {msg}"))
-        user = pb_utils.get_output_tensor_by_name(tower, self.tower_output).as_numpy().astype(np.float32)
-        scores = user @ self.corpus.T                                   # [B, N]
-        k = self.top_k
+            return pb_utils.InferenceResponse(error=tower.error())
+        user = pb_utils.get_output_tensor_by_name(tower, "user_representation").as_numpy().astype(np.float32)
+        idx, scores = self._top_k(user, mask, k)
+        out = [pb_utils.Tensor("top_k_indices", idx.astype(np.int64)),
+               pb_utils.Tensor("top_k_post_ids", np.ascontiguousarray(self.post_ids[idx])),
+               pb_utils.Tensor("top_k_author_ids", np.ascontiguousarray(self.author_ids[idx])),
+               pb_utils.Tensor("top_k_scores", scores.astype(np.float32)),
+               pb_utils.Tensor("user_representation", np.ascontiguousarray(user))]
+        if self.topics is not None:
+            out.append(pb_utils.Tensor("top_k_topics", np.array([[str(t).encode() for t in row]
+                                                                for row in self.topics[idx]], dtype=np.object_)))
+        return pb_utils.InferenceResponse(out)
+
+    def _options(self, request, users: int):
+        n = len(self.corpus)
+        t = pb_utils.get_input_tensor_by_name(request, "corpus_mask")
+        mask = None if t is None else t.as_numpy()
+        if mask is not None and (mask.shape != (users, n) or mask.dtype != np.bool_):
+            raise ValueError(f"phoenix_retrieval: corpus_mask must be bool [{n}] per user (the corpus rows), got "
+                             f"{mask.dtype} {list(mask.shape[1:])}")
+        t = pb_utils.get_input_tensor_by_name(request, "top_k")
+        k = self.max_k if t is None else int(t.as_numpy().reshape(-1)[0])
+        if not 1 <= k <= min(self.max_k, n):
+            raise ValueError(f"phoenix_retrieval: top_k {k} outside [1, {min(self.max_k, n)}] (the built maximum "
+                             f"and the corpus size)")
+        return mask, k
+
+    def _top_k(self, user: np.ndarray, mask, k: int):
+        if self.index is not None and mask is None:
+            scores, idx = self.index.search(user, k)
+            return idx, scores
+        scores = user @ np.asarray(self.corpus).T                       # [B, N]
+        if mask is not None:
+            scores = np.where(mask, scores, np.float32(MASKED_SCORE))
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        idx = np.take_along_axis(part, order, 1).astype(np.int32)
-        return pb_utils.InferenceResponse([
-            pb_utils.Tensor("top_k_indices", idx),
-            pb_utils.Tensor("top_k_post_hashes", np.ascontiguousarray(self.post_hashes[idx])),
-            pb_utils.Tensor("top_k_scores", np.take_along_axis(scores, idx, 1).astype(np.float32)),
-            pb_utils.Tensor("user_representation", np.ascontiguousarray(user)),
-        ])
+        idx = np.take_along_axis(part, order, 1)
+        return idx, np.take_along_axis(scores, idx, 1)

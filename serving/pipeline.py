@@ -1,0 +1,126 @@
+"""Upstream's run_pipeline.py behind Triton: retrieval over the served corpus, then one ranking pass.
+
+    result = run_pipeline(client, read_sequence("example_sequence.json", client.actions, client.history_len))
+
+1. the user and history (the release's sequence file: raw ids, actions by ActionName index) go to
+   phoenix_retrieval, which hashes nothing itself: the client hashes with the retrieval model's constants;
+2. the top K posts come back with their ids; they are hashed with the ranker's constants and ranked in ONE
+   request of K candidates (no chunks: candidate isolation, and slot j gets the RoPE position upstream's
+   chunk of candidate_seq_len gives it, so the scores equal upstream's chunked run);
+3. product surfaces 0, no timestamps and no dwell, as upstream; the pipeline's own weighted score
+   `p[fav] + 0.5 p[reply] + 0.3 p[retweet] + 0.2 p[dwell]` orders the result (home-mixer's weighted score
+   stays in the postprocess outputs).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serving.client import PhoenixClient, PhoenixInputError
+
+# run_pipeline.py: weighted = p[1]*1.0 + p[4]*0.5 + p[6]*0.3 + p[11]*0.2 (ActionName columns)
+PIPELINE_WEIGHTS = {"server_tweet_fav": 1.0, "server_tweet_reply": 0.5, "server_tweet_retweet": 0.3,
+                    "client_tweet_recap_dwelled": 0.2}
+TABLE_COLUMNS = (("Fav", "server_tweet_fav"), ("Reply", "server_tweet_reply"), ("RT", "server_tweet_retweet"),
+                 ("Dwell", "client_tweet_recap_dwelled"), ("VQV", "client_tweet_video_quality_view"))
+
+
+@dataclass
+class Sequence:
+    user_id: int
+    history: list[dict]       # {"post_id", "author_id", "actions": {index: value}, "product_surface": 0}
+
+
+@dataclass
+class PipelineResult:
+    user_id: int
+    retrieved_post_ids: np.ndarray      # [K] uint64, retrieval order (best first)
+    retrieved_author_ids: np.ndarray
+    retrieval_scores: np.ndarray        # [K]
+    probs: np.ndarray                   # [K, A], row i = retrieved post i
+    weighted: np.ndarray                # [K], the pipeline's formula
+    ranked: np.ndarray                  # [K] indices into the retrieved list, best first
+    topics: list[str]
+    corpus_size: int = 0
+
+    def npz(self) -> dict[str, np.ndarray]:
+        """The keys of upstream's expected_pipeline*.npz, with the same meaning."""
+        return {"retrieved_post_ids": self.retrieved_post_ids, "retrieved_author_ids": self.retrieved_author_ids,
+                "retrieval_scores": self.retrieval_scores, "probs": self.probs, "weighted": self.weighted,
+                "ranked": self.ranked}
+
+
+def read_sequence(path, actions, history_len: int) -> Sequence:
+    """A sequence file in the release's format; every problem is named (file, item, key)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PhoenixInputError(f"{path}: cannot read a JSON sequence file ({e})") from None
+    if not isinstance(data, dict) or "user_id" not in data or not isinstance(data.get("history"), list):
+        raise PhoenixInputError(f"{path}: expected {{\"user_id\": ..., \"history\": [...]}}")
+    if len(data["history"]) > history_len:
+        raise PhoenixInputError(f"{path}: {len(data['history'])} history items; the served model reads at most "
+                                f"S = {history_len}")
+    history = []
+    for i, item in enumerate(data["history"]):
+        what = f"{path}: history[{i}]"
+        if not isinstance(item, dict) or "post_id" not in item or "author_id" not in item:
+            raise PhoenixInputError(f"{what}: needs post_id and author_id")
+        for key in ("post_id", "author_id"):
+            if isinstance(item[key], bool) or not isinstance(item[key], int) or not 0 <= item[key] < 1 << 64:
+                raise PhoenixInputError(f"{what}.{key}: {item[key]!r} is not an id (an integer in [0, 2^64))")
+        acts = {}
+        for key, value in (item.get("actions") or {}).items():
+            if not str(key).isdigit() or int(key) >= len(actions):
+                raise PhoenixInputError(f"{what}.actions: unknown action index {key!r}; the model's actions are the "
+                                        f"ActionName indices 0..{len(actions) - 1}")
+            acts[int(key)] = value
+        history.append({"post_id": item["post_id"], "author_id": item["author_id"], "actions": acts,
+                        "product_surface": 0})
+    uid = data["user_id"]
+    if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 1 << 64:
+        raise PhoenixInputError(f"{path}: user_id {uid!r} is not an id")
+    return Sequence(uid, history)
+
+
+def pipeline_weighted(probs: np.ndarray, actions) -> np.ndarray:
+    cols = {a: i for i, a in enumerate(actions)}
+    missing = [a for a in PIPELINE_WEIGHTS if a not in cols]
+    if missing:
+        raise PhoenixInputError(f"the served model has no column {missing}: the pipeline's score needs the "
+                                f"May release's ActionName columns")
+    return sum(probs[:, cols[a]] * w for a, w in PIPELINE_WEIGHTS.items()).astype(np.float32)
+
+
+def run_pipeline(client: PhoenixClient, seq: Sequence, top_k: int = 200) -> PipelineResult:
+    ret = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=top_k)
+    posts, authors = ret["top_k_post_ids"], ret["top_k_author_ids"]
+    candidates = [{"post_id": int(p), "author_id": int(a), "product_surface": 0} for p, a in zip(posts, authors)]
+    result = client.score(user_id=seq.user_id, history=seq.history, candidates=candidates)
+    weighted = pipeline_weighted(result.probs, client.actions)
+    ranked = np.argsort(-weighted, kind="stable")
+    return PipelineResult(seq.user_id, posts, authors, ret["top_k_scores"], result.probs, weighted, ranked,
+                          [t.decode() if isinstance(t, bytes) else str(t)
+                           for t in ret.get("top_k_topics", [""] * len(posts))])
+
+
+def format_table(r: PipelineResult, actions, display: int = 30, corpus_size: int | None = None) -> str:
+    """The table run_pipeline.py prints."""
+    cols = {a: i for i, a in enumerate(actions)}
+    lines = ["=" * 120, f"PIPELINE RESULTS — User {r.user_id}",
+             f"Retrieved top {len(r.ranked)}{f' of {corpus_size} posts' if corpus_size else ''} → Ranked by "
+             f"engagement model", "=" * 120,
+             f"{'Rank':<5} {'Score':<8} {'Ret':<7} " + " ".join(f"{h:<7}" for h, _ in TABLE_COLUMNS)
+             + f" {'Topics':<30} Post URL", "-" * 120]
+    for rank, i in enumerate(r.ranked[:display]):
+        probs = " ".join(f"{float(r.probs[i, cols[a]]):<7.4f}" if a in cols else f"{'-':<7}" for _, a in TABLE_COLUMNS)
+        lines.append(f"{rank + 1:<5} {float(r.weighted[i]):<8.4f} {float(r.retrieval_scores[i]):<7.4f} {probs} "
+                     f"{(r.topics[i] if i < len(r.topics) else '')[:28]:<30} "
+                     f"https://x.com/a/status/{int(r.retrieved_post_ids[i])}")
+    lines += ["", f"Weighted score range: [{float(r.weighted[r.ranked[-1]]):.4f}, {float(r.weighted[r.ranked[0]]):.4f}]",
+              "=" * 120]
+    return "\n".join(lines)

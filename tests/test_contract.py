@@ -1,0 +1,132 @@
+"""The build contract: hashing raw ids as upstream does, request checks that name the input or the limit,
+the limits, the served score sources, the manifest's one way to find artifacts."""
+import json
+
+import numpy as np
+import pytest
+
+from export import contract
+from export.contract import EntityHash, Limits, ManifestError, RequestError, check_request, find_artifact, hash_ids
+from conftest import MAY_ARTIFACTS
+
+
+def reference_hash(raw_id: int, scale: int, bias: int, modulus: int, vocab: int) -> int:
+    """run_pipeline.py's hash with Python integers: int64 reinterpretation, two's-complement wrap of
+    id * scale + bias, floor modulo, + 1; id 0 -> 0."""
+    if raw_id == 0:
+        return 0
+    x = raw_id - (1 << 64) if raw_id >= 1 << 63 else raw_id
+    y = (x * scale + bias) % (1 << 64)
+    y = y - (1 << 64) if y >= 1 << 63 else y
+    return (y % modulus) % (vocab - 1) + 1
+
+
+def test_hash_ids_matches_upstreams_integer_arithmetic():
+    rng = np.random.default_rng(0)
+    ids = [0, 1, 2, 702688722969334, 667167312399263425, (1 << 63) + 12345, (1 << 64) - 1,
+           *rng.integers(1, 1 << 62, 50).tolist()]
+    params = EntityHash((364225209, 1251343995), (473867648, 430945270), 2305843009213693951, 5000)
+    got = hash_ids(np.array(ids, dtype=np.uint64), params)
+    want = [[reference_hash(i, s, b, params.modulus, params.vocab) for s, b in zip(params.scales, params.biases)]
+            for i in ids]
+    assert got.tolist() == want
+    assert got.dtype == np.int64 and (got[1:] >= 1).all() and (got < params.vocab).all()
+    assert (got[0] == 0).all()
+    wraps = [i for i in ids if i and (i * params.scales[0] + params.biases[0]) >= 1 << 63]
+    assert wraps, "the test must include ids whose product wraps around int64"
+
+
+def test_release_config_hash_params_hash_the_example_sequence():
+    cfg = json.loads((MAY_ARTIFACTS / "ranker" / "config.json").read_text())
+    hp = cfg["hash_params"]
+    user = EntityHash(hp["user_hash_scales"], hp["user_biases"], hp["user_modulus"], cfg["user_vocab_size"])
+    seq = json.loads((MAY_ARTIFACTS / "example_sequence.json").read_text())
+    h = hash_ids(np.array([seq["user_id"]], dtype=np.uint64), user)[0]
+    assert h.tolist() == [reference_hash(seq["user_id"], s, b, user.modulus, user.vocab)
+                          for s, b in zip(user.scales, user.biases)]
+
+
+SPECS = [{"name": "user_hashes", "dtype": "int64", "shape": ["B", 2], "check": "hash", "high": 100, "entity": "user"},
+         {"name": "history_actions", "dtype": "float32", "shape": ["B", 4, 3], "check": "multi_hot"},
+         {"name": "candidate_post_hashes", "dtype": "int64", "shape": ["B", "C", 2], "check": "hash", "high": 50,
+          "entity": "item"},
+         {"name": "candidate_product_surface", "dtype": "int64", "shape": ["B", "C"], "check": "index", "high": 16},
+         {"name": "candidate_impr_ts", "dtype": "int64", "shape": ["B", "C"], "check": "time"},
+         {"name": "history_continuous_actions", "dtype": "float32", "shape": ["B", 4, 8], "check": "finite"}]
+LIMITS = Limits(max_batch_size=4, max_candidates=10, history_len=4, max_request_bytes=1 << 20)
+
+
+def request(b=2, c=3):
+    return {"user_hashes": np.ones((b, 2), np.int64), "history_actions": np.zeros((b, 4, 3), np.float32),
+            "candidate_post_hashes": np.ones((b, c, 2), np.int64), "candidate_product_surface": np.zeros((b, c), np.int64),
+            "candidate_impr_ts": np.zeros((b, c), np.int64), "history_continuous_actions": np.zeros((b, 4, 8), np.float32)}
+
+
+def test_a_valid_request_passes_and_reports_its_dims():
+    assert check_request(SPECS, request(), LIMITS, "m") == {"B": 2, "C": 3}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda r: r.pop("candidate_impr_ts"), "missing input 'candidate_impr_ts'"),
+    (lambda r: r.update(user_hashes=r["user_hashes"].astype(np.int32)), "'user_hashes' has dtype int32"),
+    (lambda r: r.update(candidate_product_surface=np.zeros((2, 5), np.int64)),
+     "'candidate_post_hashes' and 'candidate_product_surface' disagree on C: 3 vs 5"),
+    (lambda r: r.update(candidate_post_hashes=np.ones((2, 0, 2), np.int64)), "C = 0"),
+    (lambda r: r.update(history_actions=np.zeros((2, 5, 3), np.float32)), "'history_actions' has shape"),
+    (lambda r: r.update(user_hashes=np.full((2, 2), 100, np.int64)), "holds 100, outside \\[0, 100\\) \\(the user table\\)"),
+    (lambda r: r.update(user_hashes=np.full((2, 2), 1 << 40, np.int64)), "outside \\[0, 100\\)"),
+    (lambda r: r.update(candidate_product_surface=np.full((2, 3), 16, np.int64)), "outside \\[0, 16\\)"),
+    (lambda r: r.update(history_actions=np.full((2, 4, 3), 0.5, np.float32)), "multi-hot 0/1"),
+    (lambda r: r.update(candidate_impr_ts=np.full((2, 3), -1, np.int64)), "timestamps are seconds >= 0"),
+    (lambda r: r.update(history_continuous_actions=np.full((2, 4, 8), np.nan, np.float32)), "NaN or infinite"),
+])
+def test_bad_requests_are_named(change, message):
+    r = request()
+    change(r)
+    with pytest.raises(RequestError, match=message):
+        check_request(SPECS, r, LIMITS, "m")
+
+
+def test_limits_are_named():
+    with pytest.raises(RequestError, match="11 candidates per user; the limit max_candidates is 10"):
+        check_request(SPECS, request(c=11), LIMITS, "m")
+    with pytest.raises(RequestError, match="5 users; the limit max_batch_size is 4"):
+        check_request(SPECS, request(b=5), LIMITS, "m")
+    small = Limits(4, 10, 4, max_request_bytes=500)
+    with pytest.raises(RequestError, match="above the limit max_request_bytes = 500"):
+        check_request(SPECS, request(), small, "m")
+    with pytest.raises(RequestError, match="B = 0"):
+        check_request(SPECS, request(b=0), LIMITS, "m")
+
+
+def test_candidate_sizes_pad_up_and_end_at_the_limit():
+    limits = Limits(4, 256, 4, candidate_sizes=(64, 16, 256))
+    assert limits.candidate_sizes == (16, 64, 256)
+    assert [limits.padded_candidates(c) for c in (1, 16, 17, 200, 256)] == [16, 16, 64, 256, 256]
+    with pytest.raises(RequestError, match="at most 256"):
+        limits.padded_candidates(257)
+    assert Limits(4, 100, 4).padded_candidates(37) == 37
+    with pytest.raises(ValueError, match="end at max_candidates"):
+        Limits(4, 256, 4, candidate_sizes=(64, 128))
+
+
+def test_find_artifact_by_device_and_kind():
+    manifest = {"artifacts": [
+        {"model": "ranker_embeddings", "kind": "onnx", "path": "a.onnx"},
+        {"model": "ranker_embeddings", "kind": "aoti", "device": "cpu", "path": "cpu.pt2"},
+        {"model": "ranker_embeddings", "kind": "aoti", "device": "cuda", "path": "cuda.pt2"},
+        {"model": "user_tower_embeddings", "kind": "aoti", "device": "cpu", "path": "u.pt2"}]}
+    assert find_artifact(manifest, "ranker_embeddings", "aoti", "cuda:1")["path"] == "cuda.pt2"
+    assert find_artifact(manifest, "ranker_embeddings", "onnx", "cuda")["path"] == "a.onnx"
+    with pytest.raises(ManifestError, match=r"built for \['cpu'\], not 'cuda'"):
+        find_artifact(manifest, "user_tower_embeddings", "aoti", "cuda")
+    with pytest.raises(ManifestError, match="no 'tensorrt' artifact"):
+        find_artifact(manifest, "ranker_embeddings", "tensorrt", "cuda")
+
+
+def test_an_incomplete_manifest_is_refused(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        contract.read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": contract.FORMAT, "artifacts": []}))
+    with pytest.raises(ManifestError, match="an incomplete build"):
+        contract.read_manifest(tmp_path)
