@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from .features import Field, HashedFeature, active
+from .features import Field, HashedFeature, active, batch_fields
 
 
 class _Named:
@@ -113,12 +113,13 @@ def _check_values(f: Field, t: torch.Tensor, vocab: dict[str, int] | None) -> No
                              f"found range [{lo}, {hi}]")
 
 
-def validate_batch(batch: RecsysBatch, config, vocab: dict[str, int] | None = None) -> dict[str, int]:
-    """Checks every declared field of `batch` (present unless optional; shape; dtype; values: hashes in
-    [0, vocab) of their entity when `vocab` is given, categories in range, actions 0/1, continuous values
-    finite, timestamps >= 0). Returns the dims {"B", "S", "C"}. Errors name the field."""
+def validate_batch(batch: RecsysBatch, config, vocab: dict[str, int] | None = None, features=None) -> dict[str, int]:
+    """Checks every declared field of `batch` (of `features`, default the config's): present unless optional;
+    shape; dtype; values: hashes in [0, vocab) of their entity when `vocab` is given, categories in range,
+    actions 0/1, continuous values finite, timestamps >= 0. Returns the dims {"B", "S", "C"}. Errors name
+    the field."""
     dims: dict[str, int] = {"S": config.history_seq_len}
-    for f in config.batch_fields:
+    for f in batch_fields(config.features if features is None else features, config.num_actions):
         t = batch.get(f.name)
         if t is None:
             if f.optional:
@@ -129,9 +130,9 @@ def validate_batch(batch: RecsysBatch, config, vocab: dict[str, int] | None = No
     return dims
 
 
-def validate_embeddings(emb: RecsysEmbeddings, config, dims: dict[str, int]) -> None:
+def validate_embeddings(emb: RecsysEmbeddings, config, dims: dict[str, int], features=None) -> None:
     """Checks the RecsysEmbeddings field of every hashed feature against the batch dims (B, S, C) and D."""
-    for f in active(config.features):
+    for f in active(config.features if features is None else features):
         if not isinstance(f, HashedFeature):
             continue
         t = emb.get(f.embedding_field)

@@ -16,6 +16,7 @@ config's forward dtype; the final RMSNorm's candidate rows give `logits = x @ un
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -176,10 +177,15 @@ class UserHistoryEncoder(nn.Module):
         return getattr(torch, self.config.fprop_dtype)
 
     def validate(self, batch: RecsysBatch, embeddings: RecsysEmbeddings, sides) -> dict[str, int]:
+        """The fields the model reads: the embeddings of hashed features, the hashes of each side's validity
+        feature (other hash fields are checked when given) and every other feature's fields."""
         cfg = self.config
-        used = cfg.replace(features=tuple(f for f in cfg.features if f.side in sides))
-        dims = validate_batch(batch, used)
-        validate_embeddings(embeddings, used, dims)
+        used = [f for f in active(cfg.features) if f.side in sides]
+        valid = {validity_feature(used, side).name for side in sides}
+        read = [dataclasses.replace(f, optional=True) if isinstance(f, HashedFeature) and f.name not in valid else f
+                for f in used]
+        dims = validate_batch(batch, cfg, features=read)
+        validate_embeddings(embeddings, cfg, dims, features=used)
         return dims
 
 
