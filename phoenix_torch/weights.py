@@ -132,9 +132,11 @@ def read_tables(path, entities=None) -> dict[str, np.ndarray]:
                 raise ValueError(f"{path}: {have[e]} must be [vocab >= 2, D], got shape {a.shape}")
             a[0] = 0.0
             out[e] = a
-    dims = {a.shape[1] for a in out.values()}
-    if len(dims) != 1:
-        raise ValueError(f"{path}: tables have different widths D: { {k: v.shape for k, v in out.items()} }")
+    widths = {e: a.shape[1] for e, a in out.items()}
+    common = max(set(widths.values()), key=list(widths.values()).count)
+    odd = [f"{e}_embeddings has D = {d}" for e, d in widths.items() if d != common]
+    if odd:
+        raise ValueError(f"{path}: {', '.join(odd)}, the other tables D = {common}")
     return out
 
 

@@ -231,25 +231,30 @@ class PhoenixClient:
         return row
 
     def _postprocess_extras(self, cands: list[dict]) -> dict[str, np.ndarray]:
-        """home-mixer's optional per-candidate facts (author ids, video duration, in-network), when given."""
+        """home-mixer's optional per-candidate facts, sent when any candidate has them: author ids (diversity
+        keys), video_duration_ms (a candidate without one: 0 = unknown, no vqv weight) and in_network (a
+        candidate without one: unknown = unchanged, which is what True does)."""
         out = {}
+        defaults = {"video_duration_ms": 0, "in_network": True}
         for spec in self.config.get("postprocess_inputs", []):
             key = spec["key"]
             given = [c.get(key) for c in cands]
             if all(v is None for v in given):
                 continue
-            if any(v is None for v in given):
-                i = given.index(None)
-                raise PhoenixInputError(f"candidates[{i}]: missing {key!r}; give it for every candidate or none")
             if key == "author_id":
+                if None in given:
+                    raise PhoenixInputError(f"candidates[{given.index(None)}]: missing 'author_id'")
                 out[spec["name"]] = ids_array(given, "candidates author_id").view(np.int64)
-            elif key == "video_duration_ms":
-                d = np.asarray(given)
+                continue
+            values = [defaults[key] if v is None else v for v in given]
+            if key == "video_duration_ms":
+                d = np.asarray(values)
                 if d.dtype.kind not in "iu" or (d < 0).any():
-                    raise PhoenixInputError(f"candidates video_duration_ms: integers >= 0 (0 = unknown), got {given!r:.80}")
+                    raise PhoenixInputError(f"candidates video_duration_ms: integers >= 0 (0 = unknown), got "
+                                            f"{given!r:.80}")
                 out[spec["name"]] = d.astype(np.int64)
             else:
-                out[spec["name"]] = np.asarray([bool(v) for v in given])
+                out[spec["name"]] = np.asarray([bool(v) for v in values])
         return out
 
     def _check(self, arrays: dict, model: str) -> None:
