@@ -22,7 +22,7 @@ before sending with the server's own rules (export.contract.check_request): a ba
 PhoenixInputError naming it; an error the server returns raises PhoenixServerError with its message; a
 server that cannot be reached raises PhoenixConnectionError.
 
-The command line is `python -m serving.client --help` (serving/cli.py).
+The command line is `python -m serving.client --help` (serving/cli.py; serving/client/__main__.py runs it).
 """
 from __future__ import annotations
 
@@ -360,10 +360,3 @@ def _result(out: dict, b: int, n: int, candidates: list) -> ScoreResult:
     return ScoreResult(scores={k: v[b, :n] for k, v in out.items() if k not in skip and v.ndim == 2},
                        weighted_score=out["weighted_score"][b, :n], final_score=out["final_score"][b, :n],
                        ranking=ranking, probs=out["probs"][b, :n] if "probs" in out else None, candidates=candidates)
-
-
-if __name__ == "__main__":
-    import sys
-
-    from serving.cli import main
-    sys.exit(main())
