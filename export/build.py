@@ -33,6 +33,7 @@ from rich.table import Table
 from export import contract as k
 from export import repository as repo
 from export.artifacts import ArtifactsError, Corpus
+from export.corpus import write_corpus
 from export.contract import Artifact, Limits
 from export.engines import KINDS as ENGINE_KINDS
 from export.engines import EngineOptions, TensorRTOptions, build_engines, resolve_kinds
@@ -147,25 +148,6 @@ def synthetic_corpus(models: Models, size: int, corpus_file: str | None) -> Corp
     with torch.no_grad():
         reps = retrieval.candidate_representation(RecsysEmbeddings(**emb)).numpy()
     return Corpus(reps.astype(np.float32), posts, authors, topics)
-
-
-def write_corpus(corpus: Corpus, stage: Path, index: str) -> list[Artifact]:
-    """The corpus beside phoenix_retrieval's model.py (swap these files to change the corpus, see README)."""
-    files = {"corpus.npy": corpus.representations, "corpus_post_ids.npy": corpus.post_ids,
-             "corpus_author_ids.npy": corpus.author_ids}
-    if corpus.topics is not None:
-        files["corpus_topics.npy"] = corpus.topics
-    arts = []
-    for name, array in files.items():
-        rel = k.model_path(k.RETRIEVAL, name)
-        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        np.save(stage / rel, array)
-        arts.append(Artifact(f"retrieval_{name.removesuffix('.npy')}", k.RETRIEVAL, "corpus", rel).with_file_info(stage))
-    if index == "faiss":
-        from export.corpus import write_faiss_index
-        arts.append(write_faiss_index(corpus.representations, stage / k.model_path(k.RETRIEVAL, "corpus.faiss"),
-                                      stage))
-    return arts
 
 
 # ---------------------------------------------------------------------------------------------- the build

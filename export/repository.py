@@ -26,6 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from export import contract as k
 from export.contract import Artifact
+from export.tensorrt import default_profile
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = PROJECT_ROOT / "triton_repo"          # the committed Python-backend model.py files
@@ -128,7 +129,7 @@ def retrieval_record(user_inputs: list[dict], emb_size: int, top_k: int, index: 
                      topics: bool) -> dict:
     topic_out = [{"name": "top_k_topics", "dtype": "bytes", "shape": ["B", "K"]}] if topics else []
     return {"backend": "python", "inputs": user_inputs,
-            "request_inputs": [{"name": "corpus_mask", "dtype": "bool", "shape": ["B", corpus_rows], "optional": True},
+            "request_inputs": [{"name": "corpus_mask", "dtype": "bool", "shape": ["B", "N"], "optional": True},
                                {"name": "top_k", "dtype": "int32", "shape": ["B", 1], "optional": True}],
             "outputs": [{"name": "top_k_indices", "dtype": "int64", "shape": ["B", "K"]},
                         {"name": "top_k_post_ids", "dtype": "uint64", "shape": ["B", "K"]},
@@ -198,12 +199,21 @@ def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, 
             acc.parameters["precision_mode"] = "FP32"
             acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
             acc.parameters["trt_engine_cache_enable"] = "1"             # no rebuild per new shape after a restart
-            acc.parameters["trt_engine_cache_path"] = "/tmp/phoenix_ort_trt_cache"
-            sizes = list(opts.candidate_sizes) or [opts.max_candidates]
-            acc.parameters["trt_profile_min_shapes"] = _profile(rec["inputs"], 1, 1)
-            acc.parameters["trt_profile_opt_shapes"] = _profile(rec["inputs"], min(8, opts.max_batch_size), sizes[0])
-            acc.parameters["trt_profile_max_shapes"] = _profile(rec["inputs"], opts.max_batch_size, opts.max_candidates)
+            acc.parameters["trt_engine_cache_path"] = ort_trt_cache_path(rec)
+            profile = default_profile(opts)   # the same B and C ranges as our own TensorRT plans (export/tensorrt.py)
+            for i, corner in enumerate(("min", "opt", "max")):
+                acc.parameters[f"trt_profile_{corner}_shapes"] = _profile(rec["inputs"], profile["B"][i],
+                                                                          profile["C"][i])
     return cfg
+
+
+def ort_trt_cache_path(rec: dict) -> str:
+    """ONNX Runtime's TensorRT engine cache of one graph file. ORT names a cached engine after the model's file
+    name and graph structure, not its weights, so a rebuilt `model.onnx` with new weights would load the old
+    engine: one folder per ONNX file content (its sha256, recorded by place_platform_engines). One level under
+    /tmp: ORT creates only the last folder of the path."""
+    sha = rec.get("onnx_sha256")
+    return f"/tmp/phoenix_ort_trt_cache_{sha[:16]}" if sha else "/tmp/phoenix_ort_trt_cache"
 
 
 def _profile(inputs: list[dict], b: int, c: int) -> str:
@@ -316,6 +326,8 @@ def place_platform_engines(stage: Path, served: dict, artifacts: list[Artifact],
             for extra in a.files:
                 if extra.endswith(".data"):
                     shutil.copy2(src.parent / extra, dst.parent / extra)
+            if kind == "onnx":
+                rec["onnx_sha256"] = a.sha256 or k.sha256_file(src)   # the ORT TensorRT engine cache's key
             if kind == "tensorrt":
                 plans.setdefault(name, {})[a.info["compute_capability"]] = dst_name
                 shutil.copy2(src, stage / k.model_path(name, filename))    # default_model_filename

@@ -237,6 +237,9 @@ class PlanRunner:
     def __call__(self, feeds: dict) -> dict:
         torch = self.torch
         keep = []
+        # CUDA inputs the caller made on its own stream are ready before TensorRT reads them, and memory the caller
+        # freed is not reused on this stream while the caller's queued work may still touch it
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             for name in self.input_names:
                 t = torch.as_tensor(to_numpy(feeds[name])) if not isinstance(feeds[name], torch.Tensor) else feeds[name]

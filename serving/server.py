@@ -10,14 +10,15 @@ and onnxruntime). The repository is self-contained: its Python models import onl
 backend's utils, the packages the build copied beside them and their engine's runtime.
 
 What the launcher adds to tritonserver:
-- it refuses a folder without a complete build (no manifest.json, or one that lacks its models);
+- it refuses a folder without a complete build (no manifest.json, or one whose models or files are missing);
 - it loads exactly the manifest's models (`--model-control-mode=explicit`, which also lets you reload one:
   `curl -X POST localhost:8000/v2/repository/models/<name>/load`) with strict readiness;
-- it supervises the Python-backend stub processes: when one dies (a crash, an OOM kill), it reloads that
-  model through the repository API, so requests work again within seconds, while readiness turns red
-  until the model is back; every such event is logged;
+- it supervises the Python-backend stub processes (serving/supervisor.py): when one dies (a crash, an OOM
+  kill), it unloads and loads that model through the repository API, so requests work again within seconds
+  (about 2 s for the demo build), while readiness is red until the model is back; the ensembles that use the
+  model come back with it; the dead stub's shared-memory region is removed; every such event is logged;
 - it gives the stubs' shared-memory regions a prefix of its own and removes any left on stop;
-- a server that exits after it was ready is reported as a crash, with its last log line.
+- a server that exits after it was ready is reported as a crash (exit code or signal, uptime, last lines).
 
 Python API (tests, benchmarks, quickstart):
 
@@ -161,7 +162,7 @@ def _stop_with_parent():
 
 def repository_models(model_repository: Path) -> list[str]:
     """The models a complete build holds (its manifest's Triton configs); ServerError when it is not one."""
-    from export.contract import ManifestError, read_manifest
+    from export.contract import ManifestError, artifact_files, read_manifest
 
     try:
         manifest = read_manifest(model_repository)
@@ -172,6 +173,11 @@ def repository_models(model_repository: Path) -> list[str]:
     if not models or missing:
         raise ServerError(f"refusing to serve {model_repository}: its manifest lists models {models} but "
                           f"{missing or 'none'} have no config.pbtxt; rebuild with `python -m export.build`")
+    absent = sorted(p for p in artifact_files(manifest) if not (model_repository / p).exists())
+    if absent:
+        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+        raise ServerError(f"refusing to serve {model_repository}: files its manifest lists are missing: "
+                          f"{', '.join(absent[:5])}{more}; rebuild with `python -m export.build`")
     return models
 
 
@@ -238,8 +244,20 @@ class TritonServer:
         self.ready_at = time.monotonic()
         if self.supervise:
             from serving.supervisor import StubSupervisor
-            self.supervisor = StubSupervisor(self.process.pid, f"http://{self.http_url}", self.on_event).start()
+            self.supervisor = StubSupervisor(self.process.pid, f"http://{self.http_url}", self.on_event,
+                                             load_timeout=self.startup_timeout).start()
         return self
+
+    @property
+    def events(self) -> list[dict]:
+        """The supervisor's heal attempts so far (serving.supervisor.StubSupervisor.events)."""
+        return list(self.supervisor.events) if self.supervisor is not None else []
+
+    def crashed(self) -> str | None:
+        """None while tritonserver runs; once it has exited on its own, why (crash_report)."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        return self.crash_report()
 
     def _wait_ready(self):
         url = f"http://{self.http_url}/v2/health/ready"
@@ -273,7 +291,7 @@ class TritonServer:
         code = self.process.returncode if self.process else None
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         up = f" after {time.monotonic() - self.ready_at:.0f} s of serving" if self.ready_at else ""
-        lines = [ln for ln in self.log().splitlines() if ln.strip()][-3:]
+        lines = [ln.strip() for ln in self.log().splitlines() if ln.strip() and not IGNORED.search(ln)][-3:]
         return f"tritonserver crashed ({how}){up}. Last server lines: " + " | ".join(lines)
 
     def stop(self, timeout: float = 30.0):

@@ -2,11 +2,25 @@
 
 Triton's Python backend runs each model instance in a stub process, a child of tritonserver. When a stub
 dies (a crash, an out-of-memory kill, `kill -9`), Triton 2.51 keeps the model marked ready and answers every
-request with "Stub process ... is not healthy" for good. The supervisor polls tritonserver's children every
-`interval` seconds; when a stub it saw is gone (or a zombie), it unloads and loads that model through the
-repository API (explicit model control): readiness turns red for the moment of the reload, then the model
-serves again from a fresh stub. Why a supervisor and not a health model: a probe request would only notice the
-failure, and in-band healing from inside Triton is not possible; the launcher owns the process tree anyway.
+request with "Stub process ... is not healthy" for good; the dead stub's shared-memory region stays in
+/dev/shm. The supervisor polls tritonserver's children every `interval` seconds. When a stub it saw is gone
+(or a zombie), no new stub took over its instance within a grace period (an operator's reload through the
+repository API replaces a model's stubs), and the repository index still says the model is READY (so it was not
+unloaded on purpose), it heals the model through the repository API (explicit model control):
+
+1. unload the model: readiness (strict) turns red at once; Triton also unloads the ensembles that use it;
+2. load it again: a fresh stub; Triton loads those ensembles again by itself, and the supervisor loads any
+   model that was READY before the heal and is not after it;
+3. remove the dead stub's shared-memory region.
+
+Measured on the demo build (2-core CPU): a killed phoenix_ranker stub is detected within `interval`, the model
+serves again about 2 s after the kill, requests in flight at the kill fail (500 "Stub process ... is not
+healthy"), those sent during the reload get 400/404 "unknown model" or "not ready", readiness is red from the
+unload until the load completes. A load that fails is retried with backoff (2, 4, ... 60 s) while readiness
+stays red. A server that is gone or exiting is never "healed": the launcher reports its crash.
+
+Why a supervisor and not a health model: a probe request would only notice the failure, and in-band healing from
+inside Triton is not possible; the launcher owns the process tree anyway.
 """
 from __future__ import annotations
 
@@ -15,14 +29,38 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 STUB = "triton_python_backend_stub"
+SHM = Path("/dev/shm")
 
 
-def stubs(server_pid: int) -> dict[int, str]:
-    """{pid: model name} of the live Python-backend stubs under tritonserver (from their command lines:
-    `<stub> <repository>/<model>/<version>/model.py ...`)."""
+@dataclass(frozen=True)
+class Stub:
+    """One live stub: the model it serves, its instance (`phoenix_ranker_0_0`), its shared-memory region."""
+    model: str
+    instance: str
+    region: str
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter (R, S, Z, ...) of pid, None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    state = _state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def stubs(server_pid: int) -> dict[int, Stub]:
+    """{pid: Stub} of the live Python-backend stubs under tritonserver, from their command lines
+    (`<stub> <repository>/<model>/<version>/model.py <shm region> <size> <growth> <parent pid> <backend dir>
+    <ipc> <instance name> ...`)."""
     out = {}
     for task in Path(f"/proc/{server_pid}/task").glob("*"):
         try:
@@ -31,17 +69,22 @@ def stubs(server_pid: int) -> dict[int, str]:
             continue
         for pid in map(int, children):
             try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
             except OSError:
                 continue
-            if argv and argv[0].endswith(STUB.encode()) and len(argv) > 1 and state != "Z":
-                out[pid] = Path(argv[1].decode()).parent.parent.name
+            if not (argv and argv[0].endswith(STUB) and len(argv) > 1) or not process_alive(pid):
+                continue
+            model = Path(argv[1]).parent.parent.name
+            region = argv[2] if len(argv) > 2 else ""
+            instance = argv[8] if len(argv) > 8 else model
+            out[pid] = Stub(model, instance, region)
     return out
 
 
-def _post(url: str, timeout: float = 120.0) -> tuple[int, str]:
-    req = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+def _request(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
+    """(HTTP status, body); status 0 when the server cannot be reached."""
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                 headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
@@ -51,13 +94,27 @@ def _post(url: str, timeout: float = 120.0) -> tuple[int, str]:
         return 0, str(e)
 
 
-class StubSupervisor:
-    """Watches tritonserver's stubs from a thread; reloads the model of any stub that dies."""
+def _error_text(status: int, body: str) -> str:
+    try:
+        return json.loads(body).get("error", body)
+    except (ValueError, AttributeError):
+        return body or f"HTTP {status}"
 
-    def __init__(self, server_pid: int, http_base: str, on_event=print, interval: float = 0.5):
-        self.pid, self.base, self.on_event, self.interval = server_pid, http_base, on_event, interval
-        self.known: dict[int, str] = {}
+
+class StubSupervisor:
+    """Watches tritonserver's stubs from a thread; heals the model of any stub that dies (see the module doc).
+
+    `events`: one dict per heal attempt {"model", "pids", "reloaded", "seconds", "time", "attempt", "error"}."""
+
+    def __init__(self, server_pid: int, http_base: str, on_event=print, interval: float = 0.5,
+                 load_timeout: float = 300.0, max_backoff: float = 60.0, grace: float = 1.5):
+        self.pid, self.base, self.on_event, self.interval = server_pid, http_base.rstrip("/"), on_event, interval
+        self.load_timeout, self.max_backoff = load_timeout, max_backoff
+        self.known: dict[int, Stub] = {}
+        self.suspects: dict[int, tuple[Stub, float]] = {}   # vanished stubs not yet replaced: pid -> (stub, since)
+        self.grace = grace
         self.events: list[dict] = []
+        self.pending: dict[str, dict] = {}      # model -> {"due", "attempt", "pids", "regions", "ready_before"}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="stub-supervisor", daemon=True)
 
@@ -71,22 +128,109 @@ class StubSupervisor:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    @property
+    def healing(self) -> bool:
+        """True while a model's heal has failed and waits for its next attempt."""
+        return bool(self.pending)
+
+    # ------------------------------------------------------------------ server state
+    def _server_up(self) -> bool:
+        """tritonserver runs and is not exiting (/v2/health/live turns false when it begins to exit)."""
+        if not process_alive(self.pid):
+            return False
+        status, _ = _request(f"{self.base}/v2/health/live", timeout=5)
+        return status == 200
+
+    def index(self) -> dict[str, str] | None:
+        """{model: state} from the repository index (READY, UNAVAILABLE, LOADING, UNLOADING), None on failure."""
+        status, body = _request(f"{self.base}/v2/repository/index", b"{}", timeout=10)
+        if status != 200:
+            return None
+        try:
+            return {m["name"]: m.get("state", "") for m in json.loads(body)}
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    # ------------------------------------------------------------------ loop
     def _loop(self):
         while not self._stop.wait(self.interval):
-            live = stubs(self.pid)
-            dead = {pid: model for pid, model in self.known.items() if pid not in live}
-            for model in sorted(set(dead.values())):
-                self.reload(model, [pid for pid, m in dead.items() if m == model])
-            self.known = stubs(self.pid) if dead else {**self.known, **live}
+            if not process_alive(self.pid):
+                return                                   # the server is gone: the launcher reports it
+            try:
+                self._tick()
+            except Exception as e:  # never let the watcher die silently
+                self.on_event(f"supervisor error: {type(e).__name__}: {e}")
 
-    def reload(self, model: str, pids: list[int]):
+    def _tick(self):
+        live = stubs(self.pid)
+        now = time.monotonic()
+        for pid, s in self.known.items():                # a stub that vanished: a suspect for `grace` seconds
+            if pid not in live:
+                self.suspects.setdefault(pid, (s, now))
+        taken_over = {s.instance for s in live.values()}           # an operator's reload starts a new stub
+        for pid in [p for p, (s, _) in self.suspects.items() if s.instance in taken_over]:
+            del self.suspects[pid]
+        gone = {pid: s for pid, (s, since) in self.suspects.items() if now - since >= self.grace}
+        if gone:
+            if not self._server_up():
+                return                                   # the server is exiting: change nothing
+            states = self.index()
+            if states is None:
+                return                                   # cannot read the index now: look again next tick
+            for pid in gone:
+                del self.suspects[pid]
+            for model in sorted({s.model for s in gone.values()}):
+                mine = {pid: s for pid, s in gone.items() if s.model == model}
+                if model in self.pending:
+                    self.pending[model]["pids"] += list(mine)
+                    self.pending[model]["regions"] += [s.region for s in mine.values()]
+                elif states.get(model) == "READY":              # READY with a dead stub: a crash
+                    self._heal(model, list(mine), [s.region for s in mine.values()],
+                               [m for m, st in states.items() if st == "READY"], attempt=1)
+                # else: the model was unloaded on purpose (or is being reloaded by someone): leave it
+            live = stubs(self.pid)
+        for model, p in list(self.pending.items()):
+            if now >= p["due"] and self._server_up():
+                del self.pending[model]
+                self._heal(model, p["pids"], p["regions"], p["ready_before"], p["attempt"] + 1)
+                live = stubs(self.pid)
+        self.known = live
+
+    # ------------------------------------------------------------------ heal
+    def _heal(self, model: str, pids: list[int], regions: list[str], ready_before: list[str], attempt: int):
         t0 = time.monotonic()
-        self.on_event(f"the process of model {model!r} (pid {', '.join(map(str, pids))}) died; reloading it")
-        _post(f"{self.base}/v2/repository/models/{model}/unload")
-        status, body = _post(f"{self.base}/v2/repository/models/{model}/load")
+        pid_text = ", ".join(map(str, pids))
+        if attempt == 1:
+            self.on_event(f"the process of model {model!r} (pid {pid_text}) died; reloading it "
+                          f"(readiness is red until it is back)")
+            _request(f"{self.base}/v2/repository/models/{model}/unload", b"{}", timeout=self.load_timeout)
+        else:
+            self.on_event(f"reloading model {model!r}, attempt {attempt}")
+        status, body = _request(f"{self.base}/v2/repository/models/{model}/load", b"{}", timeout=self.load_timeout)
+        if self._stop.is_set():
+            return                                       # the server is being stopped: nothing to report
         ok = status == 200
+        error = None if ok else f"HTTP {status}: {_error_text(status, body)}"
+        also = []
+        if ok:   # ensembles that use the model: Triton reloads them itself; make sure of every model READY before
+            states = self.index() or {}
+            for other in sorted(set(ready_before) - {model}):
+                if states.get(other) != "READY":
+                    s, b = _request(f"{self.base}/v2/repository/models/{other}/load", b"{}",
+                                    timeout=self.load_timeout)
+                    also.append(other if s == 200 else f"{other} (failed: {_error_text(s, b)})")
+        for region in regions:   # the dead stub's region: Triton never removes it
+            if region and "/" not in region:
+                (SHM / region).unlink(missing_ok=True)
         event = {"model": model, "pids": pids, "reloaded": ok, "seconds": round(time.monotonic() - t0, 2),
-                 "time": time.time()}
+                 "time": time.time(), "attempt": attempt, "error": error, "also_loaded": also}
         self.events.append(event)
-        self.on_event(f"model {model!r} reloaded in {event['seconds']} s" if ok else
-                      f"reloading model {model!r} failed (HTTP {status}): {json.loads(body).get('error', body) if body.startswith('{') else body}")
+        if ok:
+            extra = f"; also loaded {', '.join(also)}" if also else ""
+            self.on_event(f"model {model!r} reloaded in {event['seconds']} s{extra}")
+        else:
+            delay = min(self.max_backoff, 2.0 ** attempt)
+            self.pending[model] = {"due": time.monotonic() + delay, "attempt": attempt, "pids": pids,
+                                   "regions": [], "ready_before": ready_before}
+            self.on_event(f"reloading model {model!r} failed ({error}); retrying in {delay:.0f} s "
+                          f"(readiness stays red)")

@@ -199,3 +199,34 @@ def test_bf16_pipeline_agrees_with_upstreams_bf16_run_in_distribution():
     assert np.median(diff) < 0.02 and diff.max() < 0.4, (np.median(diff), diff.max())
     weighted = pipeline_weighted(1 / (1 + np.exp(-logits)), rel.ranker.config.actions)
     assert np.corrcoef(weighted, expected["weighted"])[0, 1] > 0.95
+
+
+def test_an_approximate_faiss_index_and_a_swapped_corpus(tmp_path, may_repo):
+    """export.corpus swaps the corpus of a built repository without a rebuild, here also to an approximate
+    FAISS HNSW index (its recall against upstream's exact top 200 measured here)."""
+    import faiss  # noqa: F401  (test extra: the approximate path is tested, never skipped)
+    from export import corpus as corpus_cli
+
+    repo = tmp_path / "repo"
+    shutil.copytree(may_repo, repo)
+    assert corpus_cli.main(["--repository", str(repo), "--corpus", str(MAY_ARTIFACTS / "sports_corpus.npz"),
+                            "--index", "faiss"]) == 0
+    assert (repo / "phoenix_retrieval" / "1" / "corpus.faiss").exists() and contract.verify(repo) == []
+    seq = read_sequence(MAY_ARTIFACTS / "example_sequence.json", [""] * 19, 127)
+    expected = np.load(MAY_ARTIFACTS / "expected_pipeline_fp32.npz")
+    with np.load(MAY_ARTIFACTS / "sports_corpus.npz") as z:
+        posts, authors, reps, topics = z["post_ids"], z["author_ids"], z["candidate_representations"], z["topics"]
+    half = tmp_path / "half.npz"
+    np.savez(half, post_ids=posts[::2], author_ids=authors[::2], candidate_representations=reps[::2],
+             topics=topics[::2])
+    with TritonServer(repo) as server, PhoenixClient(server.grpc_url) as client:
+        got = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=200)
+        recall = len(set(got["top_k_post_ids"].tolist()) & set(expected["retrieved_post_ids"].tolist())) / 200
+        assert recall >= 0.95, recall
+        assert corpus_cli.main(["--repository", str(repo), "--corpus", str(half), "--index", "exact"]) == 0
+        client.triton.load_model("phoenix_retrieval")
+        swapped = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=10)
+        assert set(swapped["top_k_post_ids"].tolist()) <= set(posts[::2].tolist())
+        m = contract.read_manifest(repo)
+        assert contract.verify(repo) == [] and m["served"]["phoenix_retrieval"]["corpus_rows"] == len(posts[::2])
+        assert not (repo / "phoenix_retrieval" / "1" / "corpus.faiss").exists()

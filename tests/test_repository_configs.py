@@ -1,147 +1,378 @@
-"""Every generated config.pbtxt of every target parses with tritonclient's model_config_pb2, and the
-ensemble's maps cover every input and output with matching dtypes and dims.
+"""Every target's Triton configs (export.repository.configs), checked without exporting anything.
 
-The GPU targets cannot be loaded here (no TensorRT / ONNX Runtime backends in the bundled server):
-this check is what catches their mistakes. The manifest is made from the real serving graph specs
-(export.graphs) of the demo preset, without exporting anything, so this file runs in seconds.
+The served records are made the way export.build makes them (export.graphs specs of the demo models,
+export.repository records), then `repository.configs` builds every ModelConfig. Each config must survive
+protobuf's text format and parse with tritonclient's model_config_pb2, and both ensembles' maps must be
+consistent (`check_ensemble`): every input of every step fed, by a tensor of the same dtype and dims,
+optional ensemble inputs only where the step model accepts an absent input. The GPU targets cannot be
+loaded by the bundled tritonserver (Python backend only), so this is where their mistakes are caught.
+Runs in seconds.
 """
 from __future__ import annotations
 
-import argparse
+import re
+from pathlib import Path
 
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import repository
+from export import contract as k
+from export import repository as repo
+from export import tensorrt
+from export.build import graph_specs
+from export.contract import Artifact
+from export.graphs import hashes_in
+from export.models import ModelSource, load_models
 
-GPU_TARGETS = ("gpu-tensorrt", "gpu-onnxruntime", "gpu-python")
-ALL_TARGETS = ("cpu", *GPU_TARGETS)
+RELEASES = ("january", "may")
+GRAPHS = {"ranker", "ranker_embeddings", "user_tower", "user_tower_embeddings", "candidate_tower",
+          "candidate_tower_embeddings"}
+CORPUS_ROWS = 50
+PLATFORM = {"gpu-tensorrt": "tensorrt_plan", "gpu-onnxruntime": "onnxruntime_onnx"}
+# The TensorRT accelerator parameters Triton's ONNX Runtime backend accepts in the pinned release (25.10):
+# triton-inference-server/onnxruntime_backend, branch r25.10, src/onnxruntime.cc (any other key fails the model
+# load with "unknown parameter ... is provided for TensorRT Execution Accelerator"); the README's "Parameter
+# mapping between ONNX Runtime and Triton ONNXRuntime Backend" table lists the same keys.
+ORT_BACKEND_TRT_KEYS = {
+    "precision_mode", "max_workspace_size_bytes", "trt_max_partition_iterations", "trt_min_subgraph_size",
+    "int8_calibration_table_name", "int8_use_native_calibration_table", "trt_dla_enable", "trt_dla_core",
+    "trt_engine_cache_enable", "trt_engine_cache_path", "trt_engine_cache_prefix", "trt_dump_subgraphs",
+    "trt_force_sequential_engine_build", "trt_context_memory_sharing_enable", "trt_layer_norm_fp32_fallback",
+    "trt_timing_cache_enable", "trt_timing_cache_path", "trt_force_timing_cache", "trt_detailed_build_log",
+    "trt_build_heuristics_enable", "trt_sparsity_enable", "trt_builder_optimization_level",
+    "trt_auxiliary_streams", "trt_tactic_sources", "trt_extra_plugin_lib_paths", "trt_profile_min_shapes",
+    "trt_profile_max_shapes", "trt_profile_opt_shapes", "trt_cuda_graph_enable", "trt_dump_ep_context_model",
+    "trt_ep_context_file_path", "trt_ep_context_embed_mode"}
 
 
-def options(*extra):
-    ap = argparse.ArgumentParser()
-    repository.add_arguments(ap)
-    return ap.parse_args(list(extra))
+# ------------------------------------------------------------------------------------------ records, as the build
+
+@pytest.fixture(scope="module", params=RELEASES)
+def built(request):
+    """(models, graph specs) of the demo preset of one release; nothing exported."""
+    models = load_models(ModelSource(preset="demo", release=request.param, vocab=300))
+    return models, graph_specs(models, GRAPHS)
 
 
-@pytest.fixture(scope="module")
-def manifest():
-    """A demo manifest whose artifacts list the real graphs' inputs/outputs for every engine kind."""
-    from export.graphs import graphs_from_manifest
-    from phoenix_torch import get_preset
+def served_records(built, opts: repo.RepositoryOptions, engine: str = "onnxruntime") -> dict:
+    """The manifest's `served` records of a build with `opts` (export.build._build_into's loop)."""
+    models, specs = built
+    names = repo.graph_names(opts.target, towers=True)
+    host = opts.target in repo.HOST_TARGETS
+    served = {}
+    for model, graph in names.items():
+        ranker = graph.startswith("ranker")
+        base, family = (models.ranker, "ranker") if ranker else (models.retrieval, "retrieval")
+        vocab = {e: len(t) for e, t in (models.ranker_tables if ranker else models.retrieval_tables).items()}
+        if model == k.RANKER_EMBEDDINGS:
+            inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
+        else:
+            specs_in, lookups = hashes_in(graph, base, vocab)
+            inputs = [t.to_dict() for t in specs_in]
+        served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
+    served[k.POSTPROCESS] = repo.postprocess_record(models.ranker.config, k.scoring_params(opts.weights),
+                                                    served[k.RANKER]["inputs"])
+    served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
+                                                opts.top_k, opts.retrieval_index, CORPUS_ROWS, False)
+    return served
 
-    header = {"format": 1, "preset": "demo", "precision": "fp32", "target": "cpu",
-              "model_config": get_preset("demo").to_dict(),
-              "retrieval_config": get_preset("demo", retrieval=True).to_dict(),
-              "tables": {"user_vocab": 1000, "post_vocab": 1000, "author_vocab": 1000}, "max_candidates": 8}
-    graphs = graphs_from_manifest(header)
-    artifacts = []
-    for name, g in graphs.items():
-        for kind, ext in (("onnx", "onnx"), ("tensorrt", "plan"), ("torch", "pt")):
-            artifacts.append({"name": f"{name}_{kind}", "model": name, "kind": kind,
-                              "path": f"engines/{name}.{ext}", "precision": "fp32",
-                              "inputs": [t.to_dict() for t in g.inputs],
-                              "outputs": [t.to_dict() for t in g.outputs]})
-    return {**header, "artifacts": artifacts}
+
+def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:
+    models, _ = built
+    limits = k.Limits(opts.max_batch_size, opts.max_candidates, models.ranker.config.history_seq_len,
+                      opts.max_request_bytes, opts.candidate_sizes)
+    return {"format": k.FORMAT, "release": models.release, "preset": "demo", "precision": "fp32",
+            "target": opts.target, "limits": limits.to_dict(), "model_config": models.ranker.config.to_dict(),
+            "hashing": {e: h.to_dict() for e, h in models.ranker_hashing.items()},
+            "retrieval_hashing": {e: h.to_dict() for e, h in models.retrieval_hashing.items()},
+            "served": served, "artifacts": []}
+
+
+PLANS = {m: {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"} for m in k.ENGINE_MODELS}
+
+
+def make_configs(built, target: str, **options) -> dict[str, mc.ModelConfig]:
+    opts = repo.RepositoryOptions(target=target, **options)
+    served = served_records(built, opts)
+    cfgs = repo.configs(served, opts, built[0].ranker.config.candidate_seq_len,
+                        PLANS if target == "gpu-tensorrt" else None)
+    repo.client_parameter(cfgs[k.POSTPROCESS], manifest_of(built, served, opts))
+    return {name: roundtrip(cfg) for name, cfg in cfgs.items()}
 
 
 def roundtrip(cfg: mc.ModelConfig) -> mc.ModelConfig:
-    """Write as the repository writer does, parse back with the protobuf text parser."""
+    """Written as write_configs writes it, parsed back with the protobuf text parser."""
     return text_format.Parse(text_format.MessageToString(cfg), mc.ModelConfig())
 
 
-def check_ensemble(configs: dict[str, mc.ModelConfig], name: str = "phoenix"):
-    """Every ensemble input is consumed, every step input is fed by an ensemble input or an earlier step
-    output of the same dtype and dims, every ensemble output is produced, and dims/dtypes agree."""
+# ------------------------------------------------------------------------------------------ the ensemble checker
+
+def check_ensemble(configs: dict[str, mc.ModelConfig], name: str) -> None:
+    """AssertionError unless the ensemble `name` is consistent: every step is a model of the repository, every
+    input of a step model is fed (optional ones may be left out) by an ensemble input or an earlier step's
+    output of the same dtype and dims, an optional ensemble input feeds only optional step inputs, every
+    ensemble input is used, every ensemble output is produced with its dtype and dims."""
     ens = configs[name]
-    tensors = {i.name: (i.data_type, list(i.dims)) for i in ens.input}
-    consumed = set()
+    assert ens.platform == "ensemble", f"{name} is not an ensemble"
+    assert len({i.name for i in ens.input}) == len(ens.input), f"{name}: duplicate ensemble inputs"
+    tensors = {i.name: (i.data_type, list(i.dims), i.optional) for i in ens.input}
+    used = set()
     for step in ens.ensemble_scheduling.step:
+        assert step.model_name in configs, f"{name}: step model {step.model_name} is not in the repository"
         model = configs[step.model_name]
-        assert model.max_batch_size == ens.max_batch_size, step.model_name
-        model_inputs = {i.name: (i.data_type, list(i.dims)) for i in model.input}
-        assert set(step.input_map) == set(model_inputs), \
-            f"{step.model_name}: input_map {sorted(step.input_map)} != model inputs {sorted(model_inputs)}"
+        assert model.max_batch_size >= ens.max_batch_size, f"{name}: {step.model_name} batches fewer users"
+        inputs = {i.name: i for i in model.input}
         for key, value in step.input_map.items():
-            assert value in tensors, f"{step.model_name}.{key} <- {value}: nothing produces {value}"
-            assert tensors[value] == model_inputs[key], \
-                f"{step.model_name}.{key}: {model_inputs[key]} fed by {value} {tensors[value]}"
-            consumed.add(value)
-        model_outputs = {o.name: (o.data_type, list(o.dims)) for o in model.output}
+            assert key in inputs, f"{name}: {step.model_name} has no input {key}"
+            assert value in tensors, f"{name}: {step.model_name}.{key} is fed by {value}, which nothing makes"
+            dtype, dims, optional = tensors[value]
+            want = inputs[key]
+            assert dtype == want.data_type, f"{name}: {step.model_name}.{key} dtype {want.data_type}, fed {dtype}"
+            assert dims == list(want.dims), f"{name}: {step.model_name}.{key} dims {list(want.dims)}, fed {dims}"
+            assert not optional or want.optional, \
+                f"{name}: optional ensemble input {value} feeds {step.model_name}.{key}, which requires a value"
+            used.add(value)
+        unfed = [i.name for i in model.input if not i.optional and i.name not in step.input_map]
+        assert not unfed, f"{name}: {step.model_name} inputs {unfed} are not fed"
+        outputs = {o.name: o for o in model.output}
         for key, value in step.output_map.items():
-            assert key in model_outputs, f"{step.model_name} has no output {key}"
-            assert value not in tensors, f"{value} produced twice"
-            tensors[value] = model_outputs[key]
-    unused = [i.name for i in ens.input if i.name not in consumed]
-    assert not unused, f"ensemble inputs never used: {unused}"
+            assert key in outputs, f"{name}: {step.model_name} has no output {key}"
+            assert value not in tensors, f"{name}: tensor {value} is produced twice"
+            tensors[value] = (outputs[key].data_type, list(outputs[key].dims), False)
+    unused = [i.name for i in ens.input if i.name not in used]
+    assert not unused, f"{name}: ensemble inputs {unused} are never used"
     for o in ens.output:
-        assert o.name in tensors, f"ensemble output {o.name} produced by no step"
-        assert tensors[o.name] == (o.data_type, list(o.dims)), o.name
+        assert o.name in tensors, f"{name}: output {o.name} is produced by no step"
+        assert tensors[o.name][:2] == (o.data_type, list(o.dims)), f"{name}: output {o.name} dtype/dims"
 
 
-@pytest.mark.parametrize("target", ALL_TARGETS)
-def test_every_config_parses_and_ensemble_is_consistent(manifest, target):
-    configs = {n: roundtrip(c) for n, c in repository.configs_for_target(manifest, target, options()).items()}
-    assert set(configs) == set(repository.MODELS)
+def dims_of(spec: dict) -> list[int]:
+    return [-1 if isinstance(d, str) else d for d in spec["shape"][1:]] or [1]
+
+
+# ------------------------------------------------------------------------------------------ every target
+
+@pytest.mark.parametrize("target", repo.TARGETS)
+def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
+    configs = make_configs(built, target)
+    served = served_records(built, repo.RepositoryOptions(target=target))
+    assert set(configs) == {*served, k.ENSEMBLE, k.ENSEMBLE_EMBEDDINGS}
     for name, cfg in configs.items():
-        assert cfg.name == name
-        assert cfg.version_policy.HasField("latest") or cfg.platform == "ensemble"
-    check_ensemble(configs)
-    ranker = configs["phoenix_ranker"]
+        assert cfg.name == name and cfg.max_batch_size == k.DEFAULT_MAX_BATCH_SIZE
+        assert cfg.platform == "ensemble" or cfg.version_policy.latest.num_versions == 1
+    check_ensemble(configs, k.ENSEMBLE)
+    check_ensemble(configs, k.ENSEMBLE_EMBEDDINGS)
+    assert [s.model_name for s in configs[k.ENSEMBLE].ensemble_scheduling.step] == [k.RANKER, k.POSTPROCESS]
+    assert [s.model_name for s in configs[k.ENSEMBLE_EMBEDDINGS].ensemble_scheduling.step] == \
+        [k.RANKER_EMBEDDINGS, k.POSTPROCESS]
+
+    host = target in repo.HOST_TARGETS
     kind = mc.ModelInstanceGroup.KIND_CPU if target == "cpu" else mc.ModelInstanceGroup.KIND_GPU
-    for engine in ("phoenix_ranker", "phoenix_user_tower", "phoenix_candidate_tower"):
-        cfg = configs[engine]
-        assert [g.kind for g in cfg.instance_group] == [kind], engine
-        assert cfg.dynamic_batching.max_queue_delay_microseconds == repository.DEFAULT_QUEUE_DELAY_US
-        assert len(cfg.model_warmup) == 1
-        assert set(cfg.model_warmup[0].inputs) == {i.name for i in cfg.input}, "warm-up must feed every input"
-        for i in cfg.input:
-            assert all(d > 0 for d in cfg.model_warmup[0].inputs[i.name].dims), "warm-up dims must be concrete"
-    expected = {"cpu": ("", "python"), "gpu-python": ("", "python"),
-                "gpu-tensorrt": ("tensorrt_plan", ""), "gpu-onnxruntime": ("onnxruntime_onnx", "")}[target]
-    assert (ranker.platform, ranker.backend) == expected
-    if target in ("gpu-tensorrt", "gpu-onnxruntime"):
-        err = next(o for o in ranker.output if o.name == "input_error")
-        assert list(err.dims) == [1] and err.HasField("reshape") and list(err.reshape.shape) == [], \
-            "a [B] engine output must be dims [1] reshaped to []"
-    # the retrieval model reads the user tower's inputs unchanged
-    user = {i.name: (i.data_type, list(i.dims)) for i in configs["phoenix_user_tower"].input}
-    assert {i.name: (i.data_type, list(i.dims)) for i in configs["phoenix_retrieval"].input} == user
+    for name in k.ENGINE_MODELS:
+        cfg, rec = configs[name], served[name]
+        assert (cfg.backend, cfg.platform) == (("python", "") if host else ("", PLATFORM[target])), name
+        assert [g.kind for g in cfg.instance_group] == [kind], name
+        assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == \
+            [(s["name"], repo._DTYPES[s["dtype"]], dims_of(s)) for s in rec["inputs"]], name
+        assert [o.name for o in cfg.output] == [o["name"] for o in rec["outputs"]], name
+        for i, spec in zip(cfg.input, rec["inputs"]):
+            assert i.allow_ragged_batch == (host and "C" in spec["shape"]), f"{name}.{i.name}: ragged only on hosts"
+            assert i.optional == (host and bool(spec.get("optional"))), f"{name}.{i.name}: optional only on hosts"
+        for o, spec in zip(cfg.output, rec["outputs"]):
+            if spec["shape"] == ["B"]:   # [B]: Triton needs dims [1]; a platform engine sees [B] (reshape [])
+                assert list(o.dims) == [1] and o.HasField("reshape") == (not host), f"{name}.{o.name}"
+        (warmup,) = cfg.model_warmup
+        assert set(warmup.inputs) == {i.name for i in cfg.input if not i.optional}
+        assert all(d > 0 for w in warmup.inputs.values() for d in w.dims), f"{name}: warm-up dims must be concrete"
+    for name in (k.POSTPROCESS, k.RETRIEVAL):
+        cfg = configs[name]
+        assert cfg.backend == "python"
+        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU], "numpy models stay on CPU"
+    assert configs[k.POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
+    # phoenix_retrieval takes the user tower's inputs unchanged, plus its own optional ones
+    retrieval = {i.name: (i.data_type, list(i.dims)) for i in configs[k.RETRIEVAL].input if not i.optional}
+    assert retrieval == {s["name"]: (repo._DTYPES[s["dtype"]], dims_of(s)) for s in served[k.USER_TOWER]["inputs"]}
+    assert {i.name for i in configs[k.RETRIEVAL].input if i.optional} == {"corpus_mask", "top_k"}
+
+    if target == "gpu-tensorrt":
+        for name in k.ENGINE_MODELS:
+            assert configs[name].default_model_filename == "model.plan"
+            assert dict(configs[name].cc_model_filenames) == PLANS[name]
+    elif target == "gpu-onnxruntime":
+        assert all(configs[n].default_model_filename == "model.onnx" for n in k.ENGINE_MODELS)
 
 
-def test_options_reach_the_configs(manifest):
-    opts = options("--max-batch-size", "8", "--queue-delay-us", "123", "--instances", "3", "--top-k", "5",
-                   "--weight", "report=-300", "--ort-tensorrt")
-    configs = repository.configs_for_target(manifest, "gpu-onnxruntime", opts)
+@pytest.mark.parametrize("target", repo.TARGETS)
+def test_configs_name_no_paths(built, target):
+    """Configs hold no folder of the build host: a repository serves from wherever it is copied."""
+    for name, cfg in make_configs(built, target, ort_tensorrt=target == "gpu-onnxruntime").items():
+        text = text_format.MessageToString(cfg)
+        assert str(repo.PROJECT_ROOT) not in text and "/home/" not in text, name
+        paths = re.findall(r'"(/[^"]*)"', text)
+        assert all(p.startswith("/tmp/phoenix_ort_trt_cache") for p in paths), f"{name}: {paths}"
+
+
+# ------------------------------------------------------------------------------------------ the checker itself
+
+def _drop_input_map(cfgs):
+    del cfgs[k.ENSEMBLE].ensemble_scheduling.step[1].input_map["candidate_post_hashes"]
+
+
+def _wrong_dtype(cfgs):
+    next(i for i in cfgs[k.POSTPROCESS].input if i.name == "logits").data_type = mc.TYPE_FP16
+
+
+def _wrong_dims(cfgs):
+    next(i for i in cfgs[k.ENSEMBLE].input if i.name == "user_hashes").dims[:] = [3]
+
+
+def _optional_into_required(cfgs):
+    next(i for i in cfgs[k.ENSEMBLE].input if i.name == "candidate_post_hashes").optional = True
+
+
+def _unknown_output(cfgs):
+    cfgs[k.ENSEMBLE].ensemble_scheduling.step[0].output_map["no_such_output"] = "engine_x"
+
+
+def _unproduced_ensemble_output(cfgs):
+    cfgs[k.ENSEMBLE].output.add(name="no_such_score", data_type=mc.TYPE_FP32, dims=[-1])
+
+
+def _unused_input(cfgs):
+    cfgs[k.ENSEMBLE].input.add(name="stray", data_type=mc.TYPE_INT64, dims=[-1])
+
+
+def _missing_step_model(cfgs):
+    del cfgs[k.POSTPROCESS]
+
+
+@pytest.mark.parametrize("breakage", [_drop_input_map, _wrong_dtype, _wrong_dims, _optional_into_required,
+                                      _unknown_output, _unproduced_ensemble_output, _unused_input,
+                                      _missing_step_model])
+def test_the_checker_fails_on_a_broken_map(built, breakage):
+    """A passing check_ensemble means something: each kind of broken map fails it."""
+    cfgs = make_configs(built, "gpu-tensorrt")
+    check_ensemble(cfgs, k.ENSEMBLE)
+    breakage(cfgs)
+    with pytest.raises((AssertionError, KeyError)):
+        check_ensemble(cfgs, k.ENSEMBLE)
+
+
+# ------------------------------------------------------------------------------------------ options
+
+def test_options_reach_the_configs(built):
+    opts = dict(max_batch_size=8, max_candidates=32, candidate_sizes=(4, 32), queue_delay_us=123, instances=3,
+                top_k=7, weights={"weight.report": "-300"}, ort_tensorrt=True)
+    configs = make_configs(built, "gpu-onnxruntime", **opts)
     assert all(c.max_batch_size == 8 for c in configs.values())
-    assert configs["phoenix_ranker"].dynamic_batching.max_queue_delay_microseconds == 123
-    assert configs["phoenix_ranker"].instance_group[0].count == 3
-    accs = configs["phoenix_ranker"].optimization.execution_accelerators.gpu_execution_accelerator
-    assert [a.name for a in accs] == ["tensorrt"]
-    assert configs["phoenix_postprocess"].parameters["weight.report"].string_value == "-300"
-    assert [list(o.dims) for o in configs["phoenix_retrieval"].output if o.name == "top_k_indices"] == [[5]]
+    for name in k.ENGINE_MODELS:
+        assert configs[name].dynamic_batching.max_queue_delay_microseconds == 123
+        assert configs[name].instance_group[0].count == 3
+    assert configs[k.POSTPROCESS].instance_group[0].count == 1
+    assert configs[k.POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
+    warm = configs[k.RANKER].model_warmup[0].inputs["candidate_post_hashes"]
+    assert list(warm.dims)[0] == built[0].ranker.config.candidate_seq_len and warm.zero_data
+    client = __import__("json").loads(configs[k.POSTPROCESS].parameters["client_config"].string_value)
+    assert client["limits"]["max_batch_size"] == 8 and client["limits"]["candidate_sizes"] == [4, 32]
+    assert client["limits"]["max_candidates"] == 32
+    served = served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime", **opts))
+    assert served[k.RETRIEVAL]["top_k"] == 7
+    assert served[k.POSTPROCESS]["params"]["weights"]["report"] == -300.0
+    cpu = make_configs(built, "cpu", instances=2)
+    assert [g.count for g in cpu[k.RANKER].instance_group] == [2]
+    assert not cpu[k.RANKER].optimization.HasField("execution_accelerators")
 
 
-def test_bad_weight_override_fails_at_build_time(manifest):
-    with pytest.raises(ValueError, match="unknown action 'likes'"):
-        repository.configs_for_target(manifest, "cpu", options("--weight", "likes=3"))
+def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
+    """--ort-tensorrt: parameter names Triton 25.10's ONNX Runtime backend accepts, one profile that covers
+    the limits (the same ranges as our own TensorRT plans), an engine cache per ONNX file."""
+    opts = repo.RepositoryOptions(target="gpu-onnxruntime", max_batch_size=16, max_candidates=256,
+                                  candidate_sizes=(32, 256), ort_tensorrt=True)
+    served = served_records(built, opts)
+    for name in k.ENGINE_MODELS:
+        served[name]["onnx_sha256"] = f"{name:0<64}"[:64]
+    configs = repo.configs(served, opts, 8)
+    profile = tensorrt.default_profile(opts)
+    assert profile == {"B": (1, 8, 16), "C": (1, 32, 256)}
+    for name in k.ENGINE_MODELS:
+        (acc,) = configs[name].optimization.execution_accelerators.gpu_execution_accelerator
+        assert acc.name == "tensorrt"
+        params = dict(acc.parameters)
+        assert set(params) <= ORT_BACKEND_TRT_KEYS, set(params) - ORT_BACKEND_TRT_KEYS
+        assert params["precision_mode"] in ("FP32", "FP16", "INT8")
+        assert params["trt_engine_cache_enable"] in ("1", "true")
+        cache = params["trt_engine_cache_path"]
+        assert cache == repo.ort_trt_cache_path(served[name]) and served[name]["onnx_sha256"][:16] in cache
+        assert Path(cache).parent == Path("/tmp"), "ONNX Runtime creates only the last folder of the cache path"
+        inputs = served[name]["inputs"]
+        for i, corner in enumerate(("min", "opt", "max")):
+            text = params[f"trt_profile_{corner}_shapes"]
+            shapes = dict(item.split(":") for item in text.split(","))
+            assert list(shapes) == [s["name"] for s in inputs], f"{name}: every input once, in order"
+            for s in inputs:
+                want = k.resolve_shape(s["shape"], {"B": profile["B"][i], "C": profile["C"][i]})
+                assert tuple(int(d) for d in shapes[s["name"]].split("x")) == want, f"{name}.{s['name']} {corner}"
+    caches = {repo.ort_trt_cache_path(served[n]) for n in k.ENGINE_MODELS}
+    assert len(caches) == len(k.ENGINE_MODELS), "one cache folder per ONNX file"
+    without = repo.configs(served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime")),
+                           repo.RepositoryOptions(target="gpu-onnxruntime"), 8)
+    assert not without[k.RANKER].optimization.HasField("execution_accelerators"), "opt-in only"
 
 
-def test_check_ensemble_catches_a_dtype_mismatch(manifest):
-    """The checker itself must fail on a broken map (so a passing check means something)."""
-    configs = {n: roundtrip(c) for n, c in repository.configs_for_target(manifest, "gpu-tensorrt", options()).items()}
-    configs["phoenix_postprocess"].input[0].data_type = mc.TYPE_FP16
-    with pytest.raises(AssertionError):
-        check_ensemble(configs)
+def test_place_platform_engines_records_the_onnx_sha256(built, tmp_path):
+    """gpu-onnxruntime: each model.onnx is copied in place and its sha256 keys the ORT TensorRT cache."""
+    opts = repo.RepositoryOptions(target="gpu-onnxruntime")
+    served = served_records(built, opts)
+    artifacts = []
+    for name, rec in served.items():
+        if name in k.ENGINE_MODELS:
+            src = tmp_path / "graphs" / f"{rec['graph']}.onnx"
+            src.parent.mkdir(exist_ok=True)
+            src.write_bytes(rec["graph"].encode())
+            artifacts.append(Artifact(f"{rec['graph']}_onnx", rec["graph"], "onnx", str(src.relative_to(tmp_path)))
+                             .with_file_info(tmp_path))
+    assert repo.place_platform_engines(tmp_path, served, artifacts, opts.target) == {}
+    for name in k.ENGINE_MODELS:
+        assert (tmp_path / k.model_path(name, "model.onnx")).read_bytes() == served[name]["graph"].encode()
+        assert served[name]["onnx_sha256"] == k.sha256_file(tmp_path / k.model_path(name, "model.onnx"))
 
 
-def test_written_repository_configs_parse(tmp_path, manifest):
-    """The files write_repository puts on disk (cpu target, no engines needed for the configs) parse."""
-    configs = repository.configs_for_target(manifest, "cpu", options())
-    for name, cfg in configs.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-    for path in tmp_path.glob("*/config.pbtxt"):
-        parsed = text_format.Parse(path.read_text(), mc.ModelConfig())
-        assert parsed.name == path.parent.name
+def test_one_plan_per_compute_capability(built, tmp_path):
+    """gpu-tensorrt: every plan is placed as model.sm<cc>.plan and mapped by cc_model_filenames; model.plan is
+    the default for any other GPU."""
+    opts = repo.RepositoryOptions(target="gpu-tensorrt")
+    served = served_records(built, opts)
+    artifacts = []
+    for name, rec in served.items():
+        if name not in k.ENGINE_MODELS:
+            continue
+        for cc in ("8.0", "9.0"):
+            path = tmp_path / "plans" / f"{rec['graph']}.sm{cc.replace('.', '')}.plan"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(f"{rec['graph']} {cc}".encode())
+            artifacts.append(Artifact(f"{rec['graph']}_tensorrt_{cc}", rec["graph"], "tensorrt",
+                                      str(path.relative_to(tmp_path)), device="cuda",
+                                      info={"compute_capability": cc}))
+    plans = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
+    assert plans == PLANS
+    for name in k.ENGINE_MODELS:
+        for cc, filename in PLANS[name].items():
+            assert (tmp_path / k.model_path(name, filename)).read_bytes() == f"{served[name]['graph']} {cc}".encode()
+        assert (tmp_path / k.model_path(name, "model.plan")).is_file()
+    cfg = roundtrip(repo.configs(served, opts, 8, plans)[k.RANKER])
+    assert dict(cfg.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
+    assert cfg.default_model_filename == "model.plan"
+    with pytest.raises(ValueError, match="tensorrt artifact"):
+        repo.place_platform_engines(tmp_path, served, [], opts.target)
+
+
+def test_written_configs_parse_from_disk(built, tmp_path):
+    opts = repo.RepositoryOptions(target="gpu-tensorrt")
+    cfgs = repo.configs(served_records(built, opts), opts, 8, PLANS)
+    arts = repo.write_configs(tmp_path, cfgs)
+    assert {a.model for a in arts} == set(cfgs)
+    for name in cfgs:
+        parsed = text_format.Parse((tmp_path / name / "config.pbtxt").read_text(), mc.ModelConfig())
+        assert parsed == cfgs[name]
+        assert (tmp_path / name / k.VERSION).is_dir(), "Triton needs the version folder, ensembles too"

@@ -6,9 +6,12 @@ Inputs per user: `logits` [C, A] (and `continuous_preds` [C, K] for May-style mo
 Outputs: the 19 PhoenixScores fields (NaN where the model has no column for one), every column no field
 reads (under its own name), `weighted_score`, `final_score` (after author diversity and the out-of-network
 factor), `ranking` (best first, -1 pads) and `probs` [C, A]. The math is phoenix_serving.scoring; which
-column feeds which field and the weights come from this model's record in manifest.json. A request
-whose `input_error` is set, or whose optional inputs do not fit its candidates, gets INVALID_ARG naming the
-input; the other requests of the batch are answered normally.
+column feeds which field and the weights come from this model's record in manifest.json. Every request is
+checked before any work with the ranker's rules and the manifest's limits (contract.check_request: B or C of 0,
+inputs that disagree on C, more candidates, users or bytes than the limits, hashes outside their table); a
+request that fails them, whose `input_error` is set, or whose values are wrong (NaN logits, negative
+durations) gets INVALID_ARG naming the input or the limit; the other requests of the batch are answered
+normally.
 """
 from pathlib import Path
 
@@ -30,6 +33,8 @@ class TritonPythonModel:
         self.params = scoring.ScoringParams.from_dict(rec["params"])
         self.ranker_inputs = manifest["served"][contract.RANKER]["inputs"]
         self.outputs = [o["name"] for o in rec["outputs"]]
+        self.inputs = rec["inputs"]
+        self.limits = contract.Limits.from_dict(manifest["limits"])
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -40,7 +45,14 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         try:
-            errors = get("input_error").reshape(-1)
+            arrays = {s["name"]: get(s["name"]) for s in self.inputs}
+            flags = arrays.get("input_error")
+            if flags is not None and flags.ndim == 2 and flags.shape[1] == 1:   # [B] served as dims [1]
+                arrays["input_error"] = flags[:, 0]
+            specs = [s for s in self.inputs if arrays.get(s["name"]) is not None or not s.get("optional")]
+            contract.check_request(specs, {n: a for n, a in arrays.items() if a is not None}, self.limits,
+                                   "phoenix_postprocess")
+            errors = arrays["input_error"]
             if errors.any():
                 bad = "; ".join(f"user {int(b)}: {contract.describe_input_error(int(errors[b]), self.ranker_inputs)}"
                                 for b in np.flatnonzero(errors))
@@ -52,7 +64,12 @@ class TritonPythonModel:
                                 author_hash_fallback=None if author_hashes is None else author_hashes[..., 0],
                                 video_duration_ms=get("candidate_video_duration_ms"),
                                 in_network=get("candidate_in_network"), params=self.params)
+        except contract.RequestError as e:  # names the model already
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         except ValueError as e:  # bad input: 400, named; one bad request never fails the batch
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
                 f"phoenix_postprocess: {e}", pb_utils.TritonError.INVALID_ARG))
+        except Exception as e:  # a bug, not the request's fault: 500 for this request only, named
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                f"phoenix_postprocess: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL))
         return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(out[n])) for n in self.outputs])

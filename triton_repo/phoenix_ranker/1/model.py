@@ -61,6 +61,9 @@ class TritonPythonModel:
                 good.append((i, arrays))
             except contract.RequestError as e:
                 responses[i] = _error(str(e))
+            except Exception as e:  # a bug, not the request's fault: 500 for this request only, named
+                responses[i] = _error(f"{self.name}: reading the request failed: {type(e).__name__}: {e}",
+                                      internal=True)
         for group in batching.groups([a for _, a in good], self.inputs):
             members = [good[j] for j in group]
             try:

@@ -7,7 +7,9 @@ the user tower's inputs, plus optional `corpus_mask` [N] (False = never retrieve
 (at most the built maximum). Outputs per user: `top_k_indices` (corpus rows), `top_k_post_ids`,
 `top_k_author_ids`, `top_k_scores` (dot products, best first), `user_representation` [D] and, when the
 corpus has topics, `top_k_topics`. Exact search
-unless the build chose the FAISS index. Bad input gets INVALID_ARG naming it.
+unless the build chose the FAISS index. Every request is checked before any work (contract.check_request
+with the manifest's limits, then corpus_mask and top_k: one top_k per request, in [1, the built maximum]);
+bad input gets INVALID_ARG naming it, one bad request never fails the others of its batch.
 """
 from pathlib import Path
 
@@ -45,7 +47,14 @@ class TritonPythonModel:
             self.preferred = pb_utils.PreferredMemory(pb_utils.TRITONSERVER_MEMORY_CPU, 0)
 
     def execute(self, requests):
-        return [self._one(r) for r in requests]
+        out = []
+        for r in requests:
+            try:
+                out.append(self._one(r))
+            except Exception as e:  # a bug, not the request's fault: 500 for this request only, named
+                out.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"phoenix_retrieval: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)))
+        return out
 
     def _one(self, request):
         arrays = {s["name"]: pb_utils.get_input_tensor_by_name(request, s["name"]) for s in self.inputs}
@@ -80,7 +89,11 @@ class TritonPythonModel:
             raise ValueError(f"phoenix_retrieval: corpus_mask must be bool [{n}] per user (the corpus rows), got "
                              f"{mask.dtype} {list(mask.shape[1:])}")
         t = pb_utils.get_input_tensor_by_name(request, "top_k")
-        k = self.max_k if t is None else int(t.as_numpy().reshape(-1)[0])
+        ks = None if t is None else t.as_numpy().reshape(-1)
+        if ks is not None and ks.size and (ks != ks[0]).any():
+            raise ValueError(f"phoenix_retrieval: top_k differs between the users of one request "
+                             f"({sorted(set(int(v) for v in ks))}); send one value per request")
+        k = self.max_k if ks is None or not ks.size else int(ks[0])   # int(): exact for any integer dtype
         if not 1 <= k <= min(self.max_k, n):
             raise ValueError(f"phoenix_retrieval: top_k {k} outside [1, {min(self.max_k, n)}] (the built maximum "
                              f"and the corpus size)")
