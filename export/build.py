@@ -32,6 +32,7 @@ from rich.table import Table
 
 from export import contract as k
 from export import repository as repo
+from export import tensorrt
 from export.artifacts import ArtifactsError, Corpus
 from export.corpus import write_corpus
 from export.contract import Artifact, Limits
@@ -152,6 +153,30 @@ def synthetic_corpus(models: Models, size: int, corpus_file: str | None) -> Corp
 
 # ---------------------------------------------------------------------------------------------- the build
 
+def served_records(models: Models, specs: dict[str, GraphSpec], opts: repo.RepositoryOptions, engine: str,
+                   corpus: Corpus | None) -> dict[str, dict]:
+    """The manifest's `served` section: one record per Triton model, in the target's layout."""
+    host = opts.target in repo.HOST_TARGETS
+    served = {}
+    for model, graph in repo.graph_names(opts.target, models.retrieval is not None).items():
+        family = "ranker" if graph.startswith("ranker") else "retrieval"
+        base, tables = ((models.ranker, models.ranker_tables) if family == "ranker"
+                        else (models.retrieval, models.retrieval_tables))
+        if model == k.RANKER_EMBEDDINGS:
+            inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
+        else:
+            specs_in, lookups = hashes_in(graph, base, {e: len(t) for e, t in tables.items()})
+            inputs = [t.to_dict() for t in specs_in]
+        served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
+    served[k.POSTPROCESS] = repo.postprocess_record(models.ranker.config, k.scoring_params(opts.weights),
+                                                    served[k.RANKER]["inputs"])
+    if corpus is not None:
+        served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
+                                                    opts.top_k, opts.retrieval_index, len(corpus.post_ids),
+                                                    corpus.topics is not None)
+    return served
+
+
 def build(source: ModelSource, opts: repo.RepositoryOptions, engines: EngineOptions,
           build_opts: BuildOptions = BuildOptions()) -> dict:
     output = Path(build_opts.output)
@@ -204,25 +229,12 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
                 artifacts += arts
     built = {a.kind for a in artifacts}
     engine = repo.python_engine_kind(opts.target, built, opts.python_engine)
-    served = {}
-    for model, graph in names.items():
-        base = models.ranker if graph.startswith("ranker") else models.retrieval
-        family = "ranker" if graph.startswith("ranker") else "retrieval"
-        vocab = {e: len(t) for e, t in (models.ranker_tables if family == "ranker" else models.retrieval_tables).items()}
-        if model == k.RANKER_EMBEDDINGS:
-            inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
-        else:
-            specs_in, lookups = hashes_in(graph, base, vocab)
-            inputs = [t.to_dict() for t in specs_in]
-        served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
-    served[k.POSTPROCESS] = repo.postprocess_record(cfg, k.scoring_params(opts.weights), served[k.RANKER]["inputs"])
+    corpus = None
     if models.retrieval is not None:
         with console.status("computing the retrieval corpus"):
             corpus = models.corpus or synthetic_corpus(models, opts.corpus_size, opts.corpus_file)
             artifacts += write_corpus(corpus, stage, opts.retrieval_index)
-        served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
-                                                    opts.top_k, opts.retrieval_index, len(corpus.post_ids),
-                                                    corpus.topics is not None)
+    served = served_records(models, specs, opts, engine, corpus)
     plans = repo.place_platform_engines(stage, served, artifacts, opts.target)
     manifest = {
         "format": k.FORMAT, "release": models.release, "preset": None if source.artifacts else source.preset,
@@ -442,7 +454,10 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
             weights[name if name in k.SCALAR_PARAMS else f"weight.{name}"] = value.strip()
         k.scoring_params(weights)            # unknown names and non-numbers fail here, in seconds
         limits = Limits(args.max_batch_size, args.max_candidates, 1, int(args.max_request_mb * (1 << 20)), sizes)
-    except (ValueError, json.JSONDecodeError) as e:
+        if args.trt_profile:             # a profile narrower than the limits fails now, not after the export
+            tensorrt.check_against_limits(tensorrt.parse_profile(args.trt_profile, tensorrt.default_profile(limits)),
+                                          limits)
+    except (ValueError, json.JSONDecodeError, tensorrt.ProfileError) as e:
         p.error(str(e))
     source = ModelSource(args.preset, args.release, args.precision, args.artifacts, args.checkpoint,
                          args.retrieval_checkpoint, args.tables, args.vocab, args.seed, args.history_attention,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -78,9 +79,8 @@ def _bundled_dist() -> Path:
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
-def _bundled_backend_dir(dist: Path) -> Path:
-    """A backend folder with the Python backend and the stub of the running Python (made once)."""
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+def _bundled_backend_dir(dist: Path, version: str) -> Path:
+    """A backend folder with the Python backend and the stub of Python `version` (made once)."""
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(f"the bundled tritonserver has no Python-backend stub for Python {version} ({stub})")
@@ -99,14 +99,42 @@ def _bundled_backend_dir(dist: Path) -> Path:
     return target
 
 
+_FACTS = ("import json, sys, sysconfig; print(json.dumps({'version': '%d.%d' % sys.version_info[:2], "
+          "'libdir': sysconfig.get_config_var('LIBDIR'), 'ldlibrary': sysconfig.get_config_var('LDLIBRARY')}))")
+
+
+def interpreter(python: str | Path | None = None) -> dict:
+    """The stubs' interpreter: its bin folder, Python version and the folder of its libpython (if shared).
+    None: the launcher's own interpreter."""
+    if python is None:
+        facts = {"version": f"{sys.version_info.major}.{sys.version_info.minor}",
+                 "libdir": sysconfig.get_config_var("LIBDIR"), "ldlibrary": sysconfig.get_config_var("LDLIBRARY")}
+        bindir = Path(sys.executable).parent
+    else:
+        python = Path(python)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        try:
+            out = subprocess.run([str(python), "-c", _FACTS], capture_output=True, text=True, env=env, timeout=60)
+        except OSError as e:
+            raise ServerError(f"--python {python}: cannot run it ({e.strerror})") from None
+        if out.returncode:
+            raise ServerError(f"--python {python}: not a Python interpreter ({out.stderr.strip()[-300:]})")
+        facts, bindir = json.loads(out.stdout), python.absolute().parent
+    shared = facts["libdir"] and facts["ldlibrary"] and (Path(facts["libdir"]) / facts["ldlibrary"]).exists()
+    return {"bin": str(bindir), "version": facts["version"], "libdir": facts["libdir"] if shared else None}
+
+
 def server_command(model_repository: Path, http_port: int, grpc_port: int, metrics_port: int,
-                   host: str = "127.0.0.1", extra_args: list[str] | None = None) -> tuple[list[str], dict]:
-    """The tritonserver command line and environment (system binary if on PATH, else bundled)."""
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)   # the repository is self-contained: nothing of this project on the stubs' path
-    # the embedded interpreter finds its prefix through `python3` on PATH: put this interpreter's
-    # folder first so a virtual environment's site-packages (numpy < 2 ...) are the stub's too
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+                   host: str = "127.0.0.1", extra_args: list[str] | None = None,
+                   python: str | Path | None = None) -> tuple[list[str], dict]:
+    """The tritonserver command line and environment (system binary if on PATH, else bundled). The
+    Python-backend stubs run in the environment of `python` (default: this interpreter's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    # the repository is self-contained: nothing of this project on the stubs' path. The embedded interpreter
+    # finds its prefix through `python3` on PATH: put the chosen interpreter's folder first so its virtual
+    # environment's site-packages (numpy < 2 ...) are the stubs' too
+    stubs_python = interpreter(python)
+    env["PATH"] = os.pathsep.join([stubs_python["bin"], env.get("PATH", "")])
     system = shutil.which("tritonserver")
     args = [f"--model-repository={model_repository}",
             f"--http-address={host}", f"--grpc-address={host}", f"--metrics-address={host}",
@@ -116,13 +144,12 @@ def server_command(model_repository: Path, http_port: int, grpc_port: int, metri
         return [system, *args], env
     dist = _bundled_dist()
     libs = [str(dist.parent.parent / "nvidia_pytriton.libs")]
-    libdir = sysconfig.get_config_var("LIBDIR")
-    if libdir and sysconfig.get_config_var("LDLIBRARY") and \
-            (Path(libdir) / sysconfig.get_config_var("LDLIBRARY")).exists():
-        libs.insert(0, libdir)  # the stub then embeds this interpreter, not the system libpython
-    libs += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    if stubs_python["libdir"]:
+        libs.insert(0, stubs_python["libdir"])  # the stub then embeds that interpreter, not the system libpython
+    ours = sysconfig.get_config_var("LIBDIR") if python is not None else None
+    libs += [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != ours]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-    backend_dir = _bundled_backend_dir(dist)
+    backend_dir = _bundled_backend_dir(dist, stubs_python["version"])
     return [str(dist / "bin" / "tritonserver"), f"--backend-directory={backend_dir}", *args], env
 
 
@@ -188,7 +215,7 @@ class TritonServer:
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  startup_timeout: float = 300.0, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, check_ports: bool = True, supervise: bool = True,
-                 model_control: str = "explicit", on_event=None):
+                 model_control: str = "explicit", on_event=None, python: str | Path | None = None):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.ports = {"HTTP": http_port or free_port(host), "gRPC": grpc_port or free_port(host),
@@ -200,6 +227,7 @@ class TritonServer:
         self.supervise = supervise and model_control == "explicit"
         self.model_control = model_control
         self.on_event = on_event or (lambda message: None)
+        self.python = python  # the interpreter whose environment the Python-backend stubs run in
         self.shm_prefix = f"phoenix{os.getpid()}x{free_port(host)}_"
         self._temp_log = False
         self.process: subprocess.Popen | None = None
@@ -235,7 +263,7 @@ class TritonServer:
             os.close(fd)
             self.log_path, self._temp_log = Path(name), True
         cmd, env = server_command(self.model_repository, self.ports["HTTP"], self.ports["gRPC"],
-                                  self.ports["metrics"], self.host, self.args(models))
+                                  self.ports["metrics"], self.host, self.args(models), self.python)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
@@ -345,6 +373,9 @@ def main(argv=None):
     ap.add_argument("--trt-version-compatible", action="store_true",
                     help="let the TensorRT backend load version-compatible plans (built with "
                          "--trt-version-compatible): --backend-config=tensorrt,version-compatible=true")
+    ap.add_argument("--python", default=None,
+                    help="the Python interpreter whose environment the Python-backend model processes run in, "
+                         "e.g. a venv holding only numpy<2, onnxruntime and tritonclient (default: this one)")
     ap.add_argument("extra", nargs="*", help="extra tritonserver arguments, after `--` (e.g. -- --log-verbose=1)")
     args = ap.parse_args(argv)
     extra = list(args.extra)
@@ -360,7 +391,8 @@ def main(argv=None):
                           grpc_port=args.grpc_port or None, metrics_port=args.metrics_port or None,
                           startup_timeout=args.startup_timeout, extra_args=extra, log_path=args.log_file,
                           supervise=not args.no_supervise, model_control=args.model_control_mode,
-                          on_event=lambda message: print(f"[supervisor] {message}", flush=True))
+                          on_event=lambda message: print(f"[supervisor] {message}", flush=True),
+                          python=args.python)
     print(f"starting tritonserver on {server.model_repository} ...", flush=True)
     t0 = time.monotonic()
     try:

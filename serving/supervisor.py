@@ -21,10 +21,20 @@ stays red. A server that is gone or exiting is never "healed": the launcher repo
 
 Why a supervisor and not a health model: a probe request would only notice the failure, and in-band healing from
 inside Triton is not possible; the launcher owns the process tree anyway.
+
+Two ways to run it: `python -m serving.server` starts one with every server it launches; in a container
+without this project (NVIDIA's tritonserver image, deploy/Dockerfile) this file alone, stdlib only, runs
+tritonserver as its child and supervises it:
+
+    python3 supervisor.py --http-url http://127.0.0.1:8000 -- tritonserver --model-repository=/models ...
 """
 from __future__ import annotations
 
+import argparse
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -234,3 +244,46 @@ class StubSupervisor:
                                    "regions": [], "ready_before": ready_before}
             self.on_event(f"reloading model {model!r} failed ({error}); retrying in {delay:.0f} s "
                           f"(readiness stays red)")
+
+
+def main(argv=None) -> int:
+    """Run a tritonserver command as this process's child, heal its stubs, forward SIGTERM/SIGINT to it and
+    exit with its exit status (a container's entry point)."""
+    ap = argparse.ArgumentParser(
+        prog="supervisor.py", description="Run tritonserver (the command after --) and reload any model whose "
+        "Python-backend process dies. Needs --model-control-mode=explicit in that command.")
+    ap.add_argument("--http-url", default="http://127.0.0.1:8000",
+                    help="tritonserver's HTTP endpoint as reachable from here (default: http://127.0.0.1:8000)")
+    ap.add_argument("--interval", type=float, default=0.5, help="seconds between looks at the stubs (default: 0.5)")
+    ap.add_argument("--load-timeout", type=float, default=600.0,
+                    help="seconds one model reload may take (default: 600)")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the tritonserver command line")
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("no command: give the tritonserver command line after --")
+    if not any(a in ("--model-control-mode=explicit", "explicit") for a in command):
+        ap.error("the command must use --model-control-mode=explicit (healing reloads models through the "
+                 "repository API)")
+
+    def log(message: str):
+        print(f"[supervisor] {message}", file=sys.stderr, flush=True)
+
+    server = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda signum, frame: server.send_signal(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: server.send_signal(signum))
+    # watch from the first moment the server is ready: while models load, stubs come and go by design
+    while server.poll() is None and _request(f"{args.http_url.rstrip('/')}/v2/health/ready", timeout=5)[0] != 200:
+        time.sleep(args.interval)
+    supervisor = None
+    if server.poll() is None:
+        log("tritonserver is ready; watching its model processes")
+        supervisor = StubSupervisor(server.pid, args.http_url, log, args.interval, args.load_timeout).start()
+    code = server.wait()
+    if supervisor is not None:
+        supervisor.stop()
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,6 +112,7 @@ def test_parity_check_stops_on_a_real_mismatch(demo_repo):
     (["--weight", "likes=3"], "'weight.likes': unknown"),
     (["--weight", "report"], "expected NAME=VALUE"),
     (["--candidate-sizes", "64,128"], "must be >= 1 and end at max_candidates"),
+    (["--engines", "tensorrt", "--trt-profile", "C=1:8:16"], "C max 16 is below --max-candidates 1024"),
 ])
 def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:

@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -310,7 +311,8 @@ def test_server_command_flags():
                  "--strict-readiness=true", "--exit-on-error=true",
                  "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"):
         assert flag in argv, f"{flag} missing from the server command {argv}"
-    assert server_command()[2].startswith("exec tritonserver "), "exec: tritonserver must get SIGTERM itself"
+    assert server_command()[2].startswith("exec python3 /opt/phoenix/supervisor.py --http-url http://127.0.0.1:8000 -- "
+                                          "tritonserver "), "exec: the supervisor gets SIGTERM and forwards it"
     assert "${TRITON_EXTRA_ARGS}" in server_command()[2]
 
 
@@ -339,9 +341,13 @@ def test_python_backend_dependencies():
 
 def test_image_holds_no_project_code():
     """The repository is self-contained (export.build copies phoenix_export/ and phoenix_serving/ next to
-    each model.py): the image must not shadow those with another copy of the project."""
+    each model.py): the image must not shadow those with another copy of the project. It copies two stdlib-only
+    scripts: the TensorRT pin check and the supervisor that is its entry point."""
     copied = [rest for word, rest in instructions() if word in ("COPY", "ADD")]
-    assert copied == ["deploy/trt_version.py /opt/phoenix/trt_version.py"], copied
+    assert copied == ["deploy/trt_version.py /opt/phoenix/trt_version.py",
+                      "serving/supervisor.py /opt/phoenix/supervisor.py"], copied
+    imports = re.findall(r"^(?:import|from) (\w+)", (ROOT / "serving" / "supervisor.py").read_text(), re.M)
+    assert set(imports) <= set(sys.stdlib_module_names) | {"__future__"}, imports
     assert not any(word == "ENV" and "PYTHONPATH" in rest for word, rest in instructions())
 
 
@@ -386,7 +392,9 @@ def test_deployment_ports_probes_and_gpu():
     ready = c["readinessProbe"]["httpGet"]
     assert ready["path"] == "/v2/health/ready" and resolve_port(ready["port"], c) == 8000
     live = c["livenessProbe"]["httpGet"]
-    assert live["path"] == "/v2/health/live" and resolve_port(live["port"], c) == 8000
+    assert live["path"] == "/v2/health/ready" and resolve_port(live["port"], c) == 8000
+    probe = c["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 300, "restart only a pod unready for minutes"
     assert str(c["resources"]["limits"]["nvidia.com/gpu"]) == "1"
     image = c["image"]
     assert re.search(r"/?phoenix-triton:[\w.-]+$", image) and not image.endswith(":latest")

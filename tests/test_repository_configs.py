@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -20,15 +21,16 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export import contract as k
 from export import repository as repo
 from export import tensorrt
+from export import build
+from export.artifacts import Corpus
 from export.build import graph_specs
 from export.contract import Artifact
-from export.graphs import hashes_in
 from export.models import ModelSource, load_models
 
 RELEASES = ("january", "may")
 GRAPHS = {"ranker", "ranker_embeddings", "user_tower", "user_tower_embeddings", "candidate_tower",
           "candidate_tower_embeddings"}
-CORPUS_ROWS = 50
+CORPUS = Corpus(np.zeros((50, 8), np.float32), np.arange(50), np.arange(50), None)
 PLATFORM = {"gpu-tensorrt": "tensorrt_plan", "gpu-onnxruntime": "onnxruntime_onnx"}
 # The TensorRT accelerator parameters Triton's ONNX Runtime backend accepts in the pinned release (25.10):
 # triton-inference-server/onnxruntime_backend, branch r25.10, src/onnxruntime.cc (any other key fails the model
@@ -56,26 +58,9 @@ def built(request):
 
 
 def served_records(built, opts: repo.RepositoryOptions, engine: str = "onnxruntime") -> dict:
-    """The manifest's `served` records of a build with `opts` (export.build._build_into's loop)."""
+    """The manifest's `served` records of a build with `opts`, over a small corpus."""
     models, specs = built
-    names = repo.graph_names(opts.target, towers=True)
-    host = opts.target in repo.HOST_TARGETS
-    served = {}
-    for model, graph in names.items():
-        ranker = graph.startswith("ranker")
-        base, family = (models.ranker, "ranker") if ranker else (models.retrieval, "retrieval")
-        vocab = {e: len(t) for e, t in (models.ranker_tables if ranker else models.retrieval_tables).items()}
-        if model == k.RANKER_EMBEDDINGS:
-            inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
-        else:
-            specs_in, lookups = hashes_in(graph, base, vocab)
-            inputs = [t.to_dict() for t in specs_in]
-        served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
-    served[k.POSTPROCESS] = repo.postprocess_record(models.ranker.config, k.scoring_params(opts.weights),
-                                                    served[k.RANKER]["inputs"])
-    served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
-                                                opts.top_k, opts.retrieval_index, CORPUS_ROWS, False)
-    return served
+    return build.served_records(models, specs, opts, engine, CORPUS)
 
 
 def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:

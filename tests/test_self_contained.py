@@ -7,9 +7,7 @@ One demo build (cpu target), one fresh virtual environment (python -m venv + pip
 cache is reused between runs), one server start, a few requests. Skipped, with the reason, only when pip
 cannot install the three packages because PyPI cannot be reached.
 
-serving/server.py runs the stubs in the launcher's own interpreter environment (its folder first on PATH,
-its libdir on LD_LIBRARY_PATH) and has no way to choose another; this test therefore wraps
-`serving.server.server_command` and adjusts the environment it returns (see `bare_env`).
+The launcher runs the stubs in the bare environment through its `python=` option (`--python` on the CLI).
 """
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +49,6 @@ def pypi_reachable(timeout: float = 5.0) -> bool:
     return True
 
 
-def interpreter_facts(python: Path) -> dict:
-    code = ("import json, sys, sysconfig; print(json.dumps({'prefix': sys.prefix, 'version': '%d.%d' % "
-            "sys.version_info[:2], 'libdir': sysconfig.get_config_var('LIBDIR'), "
-            "'ldlibrary': sysconfig.get_config_var('LDLIBRARY')}))")
-    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True, env=clean_env())
-    return json.loads(out.stdout)
-
-
 def clean_env(env: dict | None = None) -> dict:
     env = dict(os.environ if env is None else env)
     for key in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE"):
@@ -80,23 +69,6 @@ def make_bare_env(folder: Path) -> Path:
                         f"installed: {pip.stderr.strip().splitlines()[-1] if pip.stderr.strip() else 'pip failed'}")
         pytest.fail(f"pip could not install {BARE_PACKAGES} into {folder}:\n{pip.stderr[-3000:]}")
     return python
-
-
-def bare_env(env: dict, python: Path) -> dict:
-    """The launcher's tritonserver environment, with the stubs' Python switched to the bare venv: its bin
-    folder first on PATH (the embedded interpreter finds its prefix, hence the venv's site-packages, through
-    `python3` on PATH) instead of this interpreter's, its libdir on LD_LIBRARY_PATH, no PYTHONPATH."""
-    env = clean_env(env)
-    facts, ours = interpreter_facts(python), Path(sys.executable).parent
-    env["PATH"] = os.pathsep.join([str(python.parent), *(p for p in env.get("PATH", "").split(os.pathsep)
-                                                         if p and Path(p) != ours)])
-    libs = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
-    ours_lib = sysconfig.get_config_var("LIBDIR")
-    libs = [p for p in libs if p != ours_lib]
-    if facts["libdir"] and facts["ldlibrary"] and (Path(facts["libdir"]) / facts["ldlibrary"]).exists():
-        libs.insert(0, facts["libdir"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -123,17 +95,13 @@ def served(moved_repo, bare_python, tmp_path_factory):
     """The moved repository served by the bundled tritonserver, stubs in the bare environment, started from a
     neutral working folder."""
     _, moved = moved_repo
-    original = launcher.server_command
-
-    def command(*args, **kwargs):
-        cmd, env = original(*args, **kwargs)
-        return cmd, bare_env(env, bare_python)
-
     mp = pytest.MonkeyPatch()
-    mp.setattr(launcher, "server_command", command)
     mp.chdir(tmp_path_factory.mktemp("cwd"))
+    for key in ("PYTHONPATH", "VIRTUAL_ENV"):
+        mp.delenv(key, raising=False)
+    mp.setenv("PYTHONNOUSERSITE", "1")                  # no ~/.local site-packages in the stubs either
     try:
-        with launcher.TritonServer(moved, supervise=False, startup_timeout=240) as server:
+        with launcher.TritonServer(moved, supervise=False, startup_timeout=240, python=bare_python) as server:
             yield server
     finally:
         mp.undo()
