@@ -44,8 +44,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from serving.supervisor import SHM, StubSupervisor, stop_with_parent
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHM = Path("/dev/shm")
 
 
 class ServerError(RuntimeError):
@@ -178,15 +179,6 @@ def explain_failure(log: str, ports: dict[str, int]) -> str:
     return f"tritonserver exited before it was ready. Last server line: {tail}"
 
 
-def _stop_with_parent():
-    """In the child: ask Linux to send SIGINT when the launching process dies (no orphaned servers)."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def repository_models(model_repository: Path) -> list[str]:
     """The models a complete build holds (its manifest's Triton configs); ServerError when it is not one."""
     from export.contract import ManifestError, artifact_files, read_manifest
@@ -267,11 +259,10 @@ class TritonServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_stop_with_parent)
+                                            preexec_fn=stop_with_parent)
         self._wait_ready()
         self.ready_at = time.monotonic()
         if self.supervise:
-            from serving.supervisor import StubSupervisor
             self.supervisor = StubSupervisor(self.process.pid, f"http://{self.http_url}", self.on_event,
                                              load_timeout=self.startup_timeout).start()
         return self

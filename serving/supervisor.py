@@ -246,6 +246,15 @@ class StubSupervisor:
                           f"(readiness stays red)")
 
 
+def stop_with_parent():
+    """In a child process: ask Linux to send it SIGINT when its parent dies (no orphaned servers)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
     """Run a tritonserver command as this process's child, heal its stubs, forward SIGTERM/SIGINT to it and
     exit with its exit status (a container's entry point)."""
@@ -269,7 +278,7 @@ def main(argv=None) -> int:
     def log(message: str):
         print(f"[supervisor] {message}", file=sys.stderr, flush=True)
 
-    server = subprocess.Popen(command)
+    server = subprocess.Popen(command, preexec_fn=stop_with_parent)
     signal.signal(signal.SIGTERM, lambda signum, frame: server.send_signal(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: server.send_signal(signum))
     # watch from the first moment the server is ready: while models load, stubs come and go by design

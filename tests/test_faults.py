@@ -567,7 +567,7 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
         p.wait(timeout=60)
     finally:
         if p.poll() is None:
-            p.kill()
+            p.kill()                       # tritonserver gets SIGINT when its parent dies (PR_SET_PDEATHSIG)
             p.wait()
     err = log.read_text(errors="replace")
     assert "Signal (15) received" in err, "SIGTERM was not forwarded to tritonserver"
