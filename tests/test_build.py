@@ -1,7 +1,6 @@
 """`python -m export.build`: a complete, self-contained, relocatable repository, and the ways a build must fail
 (named errors, the output left as it was, no staging litter after a failure, a signal or a kill)."""
 import ast
-import json
 import os
 import signal
 import subprocess

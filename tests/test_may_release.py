@@ -15,7 +15,6 @@ from conftest import MAY_ARTIFACTS
 from export import build, contract
 from export.artifacts import read_release
 from phoenix_torch import PhoenixModel, PhoenixRetrievalModel, RecsysBatch, load_upstream_params, read_tables
-from serving import scoring
 from serving.client import PhoenixClient, PhoenixInputError
 from serving.pipeline import format_table, pipeline_weighted, read_sequence, run_pipeline
 from serving.server import TritonServer

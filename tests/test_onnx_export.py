@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from export.graphs import GraphSpec, TensorSpec, candidate_tower_graph, ranker_graph, user_tower_graph
-from export.models import torch_tables
 from export.onnx_export import OnnxExportError, check_graph, emulate_bf16, export_onnx, graph_dims, op_types
 from export.runtime import EngineInputError, OnnxRuntimeEngine
 from model_fixtures import EXTRA_FEATURES

@@ -20,7 +20,7 @@ import torch
 
 from export import contract
 from export.models import ModelSource, load_models, torch_tables
-from phoenix_torch import HashedPhoenixModel, RecsysBatch, RecsysEmbeddings
+from phoenix_torch import HashedPhoenixModel, RecsysBatch
 from serving import scoring
 from serving.batching import stack_rows
 from serving.cli import demo_request
@@ -325,6 +325,38 @@ def _metric(server, name, model):
     """Sum of a counter over its label sets (e.g. failure reasons) for one model."""
     text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()
     return sum(float(v) for v in re.findall(rf'^{name}{{[^}}]*model="{model}"[^}}]*}} (\S+)$', text, re.M))
+
+
+def test_client_padding_to_candidate_sizes_is_exact(server, client):
+    """Native backends batch only equal shapes, so a build with --candidate-sizes makes the client pad C up to
+    those sizes. Through the real server, the real candidates' scores are the same whether each user is sent
+    alone and unpadded, all users in one request padded to one size, or in pairs padded to the sizes."""
+    requests = [demo_request(client.actions, seed=40 + i, num_history=2 + 7 * i, num_candidates=c)
+                for i, c in enumerate((1, 3, 5, 9))]
+
+    def padding_client(max_batch_size: int, sizes: tuple, seen: list) -> PhoenixClient:
+        limits = contract.Limits(max_batch_size, client.limits.max_candidates, client.history_len,
+                                 candidate_sizes=sizes)
+        c = PhoenixClient(server.grpc_url, config={**client.config, "limits": limits.to_dict()})
+        send = c.infer
+        c.infer = lambda arrays, model=None: seen.append(arrays["candidate_post_hashes"].shape[:2]) or \
+            send(arrays, model)                          # the real call, shapes noted on the way
+        return c
+
+    alone, padded, pairs = [], [], []
+    top = client.limits.max_candidates
+    want = padding_client(1, (), alone).score_many(requests)
+    got = padding_client(64, (4, 16, top), padded).score_many(requests)
+    got_pairs = padding_client(2, (4, 16, top), pairs).score_many(requests)
+    assert alone == [(1, 1), (1, 3), (1, 5), (1, 9)], "reference: no padding at all"
+    assert padded == [(4, 16)] and pairs == [(2, 4), (2, 16)], "the client padded C to the fixed sizes"
+    for i, (w, *others) in enumerate(zip(want, got, got_pairs)):
+        for g in others:
+            np.testing.assert_allclose(g.probs, w.probs, atol=1e-6, rtol=0, err_msg=f"user {i}: probs")
+            for name, value in w.scores.items():
+                np.testing.assert_allclose(g.scores[name], value, atol=1e-6, rtol=0, err_msg=f"user {i}: {name}")
+            np.testing.assert_allclose(g.weighted_score, w.weighted_score, rtol=1e-5, atol=1e-7)
+            assert g.ranking == w.ranking and sorted(g.ranking) == list(range(len(requests[i]["candidates"])))
 
 
 def test_metrics_endpoint_counts_requests(server, client):

@@ -6,8 +6,6 @@
   moved to `cuda:N` (TensorRT's PlanRunner: tests/test_tensorrt.py);
 - phoenix_retrieval's BLS call to the user tower asks for its output in CPU memory (`preferred_memory`), so
   `as_numpy()` works when the tower runs on a GPU;
-- native backends batch only requests of equal shapes, so the client pads C to the build's candidate sizes:
-  the padding is exact (the real candidates' scores do not change), checked through the torch model.
 """
 from __future__ import annotations
 
@@ -24,13 +22,7 @@ import torch
 import torch._inductor
 
 from export import contract, runtime
-from export import repository as repo
-from export.graphs import hashes_in
-from export.models import ModelSource, load_models, torch_tables
-from phoenix_torch import HashedPhoenixModel, RecsysBatch
 from serving import batching, scoring
-from serving.cli import demo_request
-from serving.client import PhoenixClient
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -242,65 +234,3 @@ def test_the_bundled_stub_knows_preferred_memory():
         pytest.skip(f"no bundled stub for this Python ({stub})")
     data = stub.read_bytes()
     assert b"PreferredMemory" in data and b"preferred_memory" in data and b"TRITONSERVER_MEMORY_CPU" in data
-
-
-# ------------------------------------------------------------------------------------------ client padding is exact
-
-@pytest.fixture(scope="module")
-def demo():
-    """The demo ranker, its client config (as phoenix_postprocess serves it) and the scoring record."""
-    models = load_models(ModelSource(preset="demo", vocab=500, towers=False))
-    cfg = models.ranker.config
-    inputs = [t.to_dict() for t in hashes_in("ranker", models.ranker, {e: len(t) for e, t in
-                                                                        models.ranker_tables.items()})[0]]
-    post = repo.postprocess_record(cfg, contract.scoring_params({}), inputs)
-    manifest = {"model_config": {"actions": list(cfg.actions)}, "served": {contract.RANKER: {"inputs": inputs},
-                                                                           contract.POSTPROCESS: post},
-                "limits": contract.Limits(64, 16, cfg.history_seq_len).to_dict(),
-                "hashing": {e: h.to_dict() for e, h in models.ranker_hashing.items()}}
-    ranker = HashedPhoenixModel(models.ranker, torch_tables(models.ranker_tables)).eval()
-    return ranker, contract.client_config(manifest), post
-
-
-def client_for(demo, max_batch_size: int, sizes: tuple, seen: list) -> PhoenixClient:
-    """A PhoenixClient whose server is the torch ranker + phoenix_postprocess's math, in process."""
-    ranker, config, post = demo
-    limits = contract.Limits(max_batch_size, 16, config["limits"]["history_len"], candidate_sizes=sizes)
-    client = PhoenixClient("127.0.0.1:1", config={**config, "limits": limits.to_dict()})
-
-    def infer(arrays, model=None):
-        seen.append(arrays["candidate_post_hashes"].shape[:2])
-        batch = RecsysBatch(**{s["name"]: torch.from_numpy(arrays[s["name"]]) for s in config["ranker_inputs"]})
-        with torch.no_grad():
-            logits = ranker(batch).logits.numpy()
-        return scoring.score(logits, post["sources"], arrays["candidate_post_hashes"][..., 0] != 0,
-                             author_keys=arrays.get("candidate_author_ids"),
-                             author_hash_fallback=arrays["candidate_author_hashes"][..., 0],
-                             video_duration_ms=arrays.get("candidate_video_duration_ms"),
-                             in_network=arrays.get("candidate_in_network"),
-                             params=scoring.ScoringParams.from_dict(post["params"]))
-
-    client.infer = infer
-    return client
-
-
-def test_client_padding_to_candidate_sizes_is_exact(demo):
-    """Scores of the real candidates are the same whether the client sends each user alone and unpadded, all
-    users padded to one fixed size, or in batches padded to the sizes the build fixed (--candidate-sizes)."""
-    ranker, config, _ = demo
-    requests = [demo_request(config["actions"], seed=40 + i, num_history=2 + 7 * i, num_candidates=c)
-                for i, c in enumerate((1, 3, 5, 9))]
-    alone, padded, pairs = [], [], []
-    want = client_for(demo, 1, (), alone).score_many(requests)
-    got = client_for(demo, 64, (4, 16), padded).score_many(requests)
-    got_pairs = client_for(demo, 2, (4, 16), pairs).score_many(requests)
-    assert alone == [(1, 1), (1, 3), (1, 5), (1, 9)], "reference: no padding at all"
-    assert padded == [(4, 16)] and pairs == [(2, 4), (2, 16)], "the client padded C to the fixed sizes"
-    for i, (w, *others) in enumerate(zip(want, got, got_pairs)):
-        for g in others:
-            np.testing.assert_allclose(g.probs, w.probs, atol=1e-6, rtol=0, err_msg=f"user {i}: probs")
-            for name, value in w.scores.items():
-                np.testing.assert_allclose(g.scores[name], value, atol=1e-6, rtol=0, err_msg=f"user {i}: {name}")
-            np.testing.assert_allclose(g.weighted_score, w.weighted_score, rtol=1e-5, atol=1e-7)
-            np.testing.assert_allclose(g.final_score, w.final_score, rtol=1e-5, atol=1e-7)
-            assert g.ranking == w.ranking and sorted(g.ranking) == list(range(len(requests[i]["candidates"])))
