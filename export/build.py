@@ -37,7 +37,7 @@ from export.artifacts import ArtifactsError, Corpus
 from export.corpus import write_corpus
 from export.contract import Artifact, Limits
 from export.engines import KINDS as ENGINE_KINDS
-from export.engines import EngineOptions, TensorRTOptions, build_engines, resolve_kinds
+from export.engines import CHOICE_DIMS, EngineOptions, TensorRTOptions, build_engines, fastest_cpu_engine, resolve_kinds
 from export.graphs import GRAPH_BUILDERS, GraphSpec, hashes_in
 from export.models import ModelSource, Models, features_from_json, load_models, torch_tables
 from export.onnx_export import OPSET, export_onnx, write_cpu_bf16
@@ -228,7 +228,10 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
                 tables_info["retrieval"], arts = write_tables(models.retrieval_tables, stage, k.USER_TOWER, "retrieval")
                 artifacts += arts
     built = {a.kind for a in artifacts}
-    engine = repo.python_engine_kind(opts.target, built, opts.python_engine)
+    engine, timings = repo.python_engine_kind(opts.target, built, opts.python_engine), {}
+    if opts.target == "cpu" and not opts.python_engine:     # the fastest of the engines built, measured here
+        ranker = names[k.RANKER]
+        engine, timings = fastest_cpu_engine(specs[ranker], artifacts, stage)
     corpus = None
     if models.retrieval is not None:
         with console.status("computing the retrieval corpus"):
@@ -245,6 +248,7 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
         "retrieval_hashing": ({e: h.to_dict() for e, h in models.retrieval_hashing.items()}
                               if models.retrieval_hashing else None),
         "tables": tables_info, "served": served, "opset": build_opts.opset, "torch_version": torch.__version__,
+        "engine_choice": {"engine": engine, "p50_ms": timings, "dims": CHOICE_DIMS} if timings else None,
         "artifacts": [],
     }
     cfgs = repo.configs(served, opts, cfg.candidate_seq_len, plans)
@@ -396,7 +400,9 @@ def parser() -> argparse.ArgumentParser:
                           "gpu-tensorrt (tensorrt_plan; needs --engines tensorrt)")
     rep.add_argument("--python-engine", default=None, choices=("onnxruntime", "torch", "torch_compile", "aoti",
                                                                 "tensorrt"),
-                     help="engine kind of the Python host (cpu / gpu-python targets); default per target")
+                     help="engine kind of the Python host (cpu / gpu-python targets). Default: cpu: the fastest of "
+                          "the engines built (--engines), timed here at B=1, C=64 and recorded in the manifest "
+                          "(engine_choice); gpu-python: tensorrt > aoti > torch > onnxruntime")
     rep.add_argument("--max-batch-size", type=int, default=k.DEFAULT_MAX_BATCH_SIZE,
                      help="users per request (Triton max_batch_size of every model)")
     rep.add_argument("--max-candidates", type=int, default=1024,

@@ -13,15 +13,18 @@ naming an engine that cannot be built stops with `EngineUnavailable` (one senten
 from __future__ import annotations
 
 import os
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 
 from export import aoti, tensorrt
-from export.contract import Artifact, Limits, sha256_file
+from export.contract import Artifact, Limits, ManifestError, find_artifact, sha256_file
 from export.graphs import GraphSpec
-from export.runtime import EngineUnavailable, OnnxRuntimeEngine, PlanRunner, compiler_missing, ort_providers
+from export.runtime import (ARTIFACT_KIND, EngineUnavailable, OnnxRuntimeEngine, PlanRunner, compiler_missing,
+                            open_engine, ort_providers)
 from phoenix_torch.parity import check_parity
 
 KINDS = ("torch", "aoti", "tensorrt")
@@ -138,3 +141,47 @@ def _ort_cuda() -> bool:
         return True
     except EngineUnavailable:
         return False
+
+
+# ---------------------------------------------------------------------------------------------- choosing
+
+CPU_ENGINES = ("onnxruntime", "aoti", "torch")   # what the cpu target's host may serve (torch_compile: compiles
+                                                 # at every model load, minutes; not chosen by itself)
+CHOICE_DIMS = {"B": 1, "C": 64}                  # the shape the choice is timed at: one user, 64 candidates
+
+
+def time_engine(engine, spec: GraphSpec, dims: dict = CHOICE_DIMS, seconds: float = 1.0) -> float:
+    """Median milliseconds of one call of `engine` on random valid inputs of `spec` at `dims` (after 3 warm-up
+    calls; at least 10 calls, else as many as fit in `seconds`)."""
+    feed = {n: v.numpy() for n, v in spec.random_inputs(dims, seed=0).items()}
+    for _ in range(3):
+        engine(feed)
+    samples, end = [], time.perf_counter() + seconds
+    while len(samples) < 10 or time.perf_counter() < end:
+        t = time.perf_counter()
+        engine(feed)
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples) * 1e3
+
+
+def fastest_cpu_engine(spec: GraphSpec, artifacts: list[Artifact], stage: Path) -> tuple[str, dict[str, float]]:
+    """The engine kind the cpu target serves `spec` with: of the CPU engines built for it, the fastest at
+    CHOICE_DIMS, measured here. Returns (kind, {kind: p50 ms}); only ONNX built: onnxruntime, not timed."""
+    manifest = {"artifacts": [a.to_dict() for a in artifacts]}
+    candidates = {}
+    for kind in CPU_ENGINES:
+        try:
+            candidates[kind] = find_artifact(manifest, spec.name, ARTIFACT_KIND[kind], "cpu")
+        except ManifestError:   # not built for this graph, or not for the CPU
+            continue
+    if len(candidates) <= 1:
+        return next(iter(candidates), "onnxruntime"), {}
+    timings = {}
+    for kind, artifact in candidates.items():
+        with console.status(f"timing the {kind} engine of {spec.name} at B={CHOICE_DIMS['B']}, C={CHOICE_DIMS['C']}"):
+            timings[kind] = round(time_engine(open_engine(artifact, stage, "cpu", kind), spec), 3)
+    best = min(timings, key=timings.get)
+    console.print(f"[green]✓[/] the cpu target serves {best}: p50 at B=1, C=64 "
+                  + ", ".join(f"{k} {v:.2f} ms" for k, v in sorted(timings.items(), key=lambda kv: kv[1])),
+                  soft_wrap=True)
+    return best, timings

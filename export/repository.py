@@ -71,7 +71,8 @@ def graph_names(target: str, towers: bool) -> dict[str, str]:
 
 
 def python_engine_kind(target: str, built: set[str], requested: str | None) -> str:
-    """The engine the Python host runs: as requested, else ONNX Runtime on CPU, else the best built GPU engine."""
+    """The engine the Python host runs: as requested, else ONNX Runtime on CPU (export.build times the engines
+    built for the cpu target and serves the fastest), else the best built GPU engine."""
     if requested:
         return requested
     if target == "cpu":

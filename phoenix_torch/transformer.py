@@ -13,6 +13,7 @@ Weights are stored in Haiku layout ([in, out], y = x @ w) so upstream parameters
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,15 +43,20 @@ class RMSNorm(nn.Module):
         return (normed * self.scale.float()).to(x.dtype)
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotary embedding, half-split ("rotate_half"). x [B, T, H, K], positions [B, T] (float32 math)."""
-    k = x.shape[-1]
-    inv_freq = 1.0 / base ** (torch.arange(0, k, 2, dtype=torch.float32, device=x.device) / k)
+def rope_tables(positions: torch.Tensor, key_size: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary phases, [B, T, 1, K] float32, for positions [B, T]. Computed once per
+    forward: every layer and both queries and keys use the same tables."""
+    inv_freq = 1.0 / base ** (torch.arange(0, key_size, 2, dtype=torch.float32, device=positions.device) / key_size)
     phase = positions.float()[..., None] * inv_freq              # [B, T, K/2]
     phase = torch.cat([phase, phase], dim=-1)[:, :, None, :]     # [B, T, 1, K]
+    return phase.cos(), phase.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, half-split ("rotate_half"). x [B, T, H, K]; cos, sin from rope_tables (float32 math)."""
     x1, x2 = x.float().chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return (x.float() * phase.cos() + rotated * phase.sin()).to(x.dtype)
+    return (x.float() * cos + rotated * sin).to(x.dtype)
 
 
 def prefix_mask(prefix_len: int, causal: bool, device=None) -> torch.Tensor:
@@ -76,6 +82,28 @@ def _capped(logits: torch.Tensor, multiplier: float) -> torch.Tensor:
     return LOGIT_CAP * torch.tanh(logits / LOGIT_CAP)
 
 
+class Masks(NamedTuple):
+    """Where attention is blocked (True), shaped to broadcast over [B, Hkv, G, queries, keys]; built once per
+    forward. dense: `full` [B, 1, 1, T, T]. isolated: `prefix` [B, 1, 1, P, P] (prefix queries over prefix
+    keys), `to_prefix` [B, 1, 1, 1, P] (candidate queries over prefix keys), `to_self` [B, 1, 1, C, 1]."""
+    full: torch.Tensor | None = None
+    prefix: torch.Tensor | None = None
+    to_prefix: torch.Tensor | None = None
+    to_self: torch.Tensor | None = None
+
+
+def attention_masks(key_valid: torch.Tensor, prefix_len: int, causal: bool, impl: str) -> Masks:
+    """key_valid [B, T] (padding keys are never attended to) -> the Masks of the `impl` attention."""
+    t, p = key_valid.shape[1], prefix_len
+    if impl == "dense" or t == p:
+        allowed = isolation_mask(p, t - p, causal, key_valid.device)[None] & key_valid[:, None, :]
+        return Masks(full=~allowed[:, None, None])
+    valid_p, valid_c = key_valid[:, :p], key_valid[:, p:]
+    allowed_p = prefix_mask(p, causal, key_valid.device)[None] & valid_p[:, None, :]
+    return Masks(prefix=~allowed_p[:, None, None], to_prefix=~valid_p[:, None, None, None, :],
+                 to_self=~valid_c[:, None, None, :, None])
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
@@ -87,8 +115,8 @@ class Attention(nn.Module):
         self.value = linear_param(d, cfg.num_kv_heads * k)
         self.linear = linear_param(cfg.num_q_heads * k, d)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
-                causal: bool, impl: str, candidates_only: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope_cs: tuple[torch.Tensor, torch.Tensor], masks: Masks, prefix_len: int,
+                candidates_only: bool = False) -> torch.Tensor:
         """x [B, T, D] -> [B, T, D], or [B, C, D] (the candidate rows) when candidates_only (isolated only):
         keys and values still come from every position, queries only from the candidates."""
         b, t, _ = x.shape
@@ -96,50 +124,48 @@ class Attention(nn.Module):
         dt = x.dtype
         first_query = prefix_len if candidates_only else 0
         tq = t - first_query
-        q = rope((x[:, first_query:] @ self.query.to(dt)).view(b, tq, self.num_q_heads, k), positions[:, first_query:])
-        kk = rope((x @ self.key.to(dt)).view(b, t, hkv, k), positions)
+        cos, sin = rope_cs
+        q = rope((x[:, first_query:] @ self.query.to(dt)).view(b, tq, self.num_q_heads, k),
+                 cos[:, first_query:], sin[:, first_query:])
+        kk = rope((x @ self.key.to(dt)).view(b, t, hkv, k), cos, sin)
         v = (x @ self.value.to(dt)).view(b, t, hkv, k)
         # query head h uses kv head h // g: group the q heads as [hkv, g]
         q = q.view(b, tq, hkv, g, k).permute(0, 2, 3, 1, 4)    # [B, Hkv, G, Tq, K]
         kk = kk.permute(0, 2, 1, 3)[:, :, None]                 # [B, Hkv, 1, T, K]
         v = v.permute(0, 2, 1, 3)[:, :, None]                   # [B, Hkv, 1, T, K]
-        if impl == "dense" or t == prefix_len:
+        if masks.full is not None:
             if candidates_only:
                 raise ValueError("candidates_only needs the isolated attention and at least one candidate")
-            out = self._dense(q, kk, v, key_valid, prefix_len, causal)
+            out = self._dense(q, kk, v, masks)
         else:
-            out = self._isolated(q, kk, v, key_valid, prefix_len, causal)
+            out = self._isolated(q, kk, v, masks, prefix_len)
         out = out.permute(0, 3, 1, 2, 4).reshape(b, tq, self.num_q_heads * k)
         return out @ self.linear.to(dt)
 
-    def _dense(self, q, k, v, key_valid, prefix_len, causal):
-        t = q.shape[-2]
-        mask = isolation_mask(prefix_len, t - prefix_len, causal, q.device)[None] & key_valid[:, None, :]
+    def _dense(self, q, k, v, masks: Masks):
         logits = _capped(q @ k.transpose(-1, -2), self.multiplier)           # [B, Hkv, G, T, T]
-        logits = logits.masked_fill(~mask[:, None, None], MASK_VALUE)
+        logits = logits.masked_fill(masks.full, MASK_VALUE)
         return torch.softmax(logits, dim=-1).to(v.dtype) @ v
 
-    def _isolated(self, q, k, v, key_valid, prefix_len, causal):
+    def _isolated(self, q, k, v, masks: Masks, prefix_len: int):
         """q holds every position's queries, or only the candidates' (then only their rows come back)."""
         p = prefix_len
         with_prefix = q.shape[-2] == k.shape[-2]
         qc = q[..., p:, :] if with_prefix else q
         kp, kc = k[..., :p, :], k[..., p:, :]
         vp, vc = v[..., :p, :], v[..., p:, :]
-        valid_p, valid_c = key_valid[:, :p], key_valid[:, p:]
         # candidate queries over [prefix keys | own key]
         to_prefix = _capped(qc @ kp.transpose(-1, -2), self.multiplier)      # [B, Hkv, G, C, P]
-        to_prefix = to_prefix.masked_fill(~valid_p[:, None, None, None, :], MASK_VALUE)
+        to_prefix = to_prefix.masked_fill(masks.to_prefix, MASK_VALUE)
         to_self = _capped((qc * kc).sum(-1, keepdim=True), self.multiplier)  # [B, Hkv, G, C, 1]
-        to_self = to_self.masked_fill(~valid_c[:, None, None, :, None], MASK_VALUE)
+        to_self = to_self.masked_fill(masks.to_self, MASK_VALUE)
         w = torch.softmax(torch.cat([to_prefix, to_self], dim=-1), dim=-1).to(v.dtype)
         out_c = w[..., :p] @ vp + w[..., p:] * vc
         if not with_prefix:
             return out_c
         # prefix queries over prefix keys
-        mask_p = prefix_mask(p, causal, q.device)[None] & valid_p[:, None, :]
         logits = _capped(q[..., :p, :] @ kp.transpose(-1, -2), self.multiplier)
-        logits = logits.masked_fill(~mask_p[:, None, None], MASK_VALUE)
+        logits = logits.masked_fill(masks.prefix, MASK_VALUE)
         out_p = torch.softmax(logits, dim=-1).to(v.dtype) @ vp
         return torch.cat([out_p, out_c], dim=-2)
 
@@ -171,8 +197,8 @@ class DecoderLayer(nn.Module):
         self.attn = Attention(cfg)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, h, positions, key_valid, prefix_len, causal, impl, candidates_only=False):
-        a = self.attn(self.rms_norm(h), positions, key_valid, prefix_len, causal, impl, candidates_only)
+    def forward(self, h, rope_cs, masks: Masks, prefix_len: int, candidates_only: bool = False):
+        a = self.attn(self.rms_norm(h), rope_cs, masks, prefix_len, candidates_only)
         h = (h[:, prefix_len:] if candidates_only else h) + self.rms_norm_1(a)
         return h + self.rms_norm_3(self.ffn(self.rms_norm_2(h)))
 
@@ -180,6 +206,7 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
+        self.key_size = cfg.key_size
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
 
     def forward(self, h: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor, prefix_len: int,
@@ -190,8 +217,10 @@ class Transformer(nn.Module):
         attention and FFN for those rows alone (nothing reads the prefix rows' last outputs)."""
         last = len(self.layers) - 1
         skip_prefix = candidates_only and impl == "isolated" and h.shape[1] > prefix_len
+        rope_cs = rope_tables(positions, self.key_size)
+        masks = attention_masks(key_valid, prefix_len, causal, impl)
         for i, layer in enumerate(self.layers):
-            h = layer(h, positions, key_valid, prefix_len, causal, impl, candidates_only=skip_prefix and i == last)
+            h = layer(h, rope_cs, masks, prefix_len, candidates_only=skip_prefix and i == last)
         return h[:, prefix_len:] if candidates_only and not skip_prefix else h
 
 

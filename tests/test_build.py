@@ -221,3 +221,21 @@ def test_load_engine_says_why_it_cannot(demo_repo, tmp_path, monkeypatch):
     monkeypatch.setattr(runtime.shutil, "which", lambda name: None)   # no C++ compiler on PATH
     reasons = runtime.available_engines()
     assert "C++ compiler" in reasons["aoti"] and "C++ compiler" in reasons["torch_compile"]
+
+
+def test_the_cpu_target_serves_the_fastest_engine_it_built_and_records_why(tmp_path):
+    """With more than one CPU engine built, the build times each on the served ranker graph (B=1, C=64) and
+    serves the fastest; the manifest keeps the timings. --python-engine overrides the choice."""
+    common = ["--preset", "demo", "--target", "cpu", "--engines", "torch", "--vocab", "300", "--no-towers"]
+    assert build.main([*common, "--output", str(tmp_path / "chosen")]) == 0
+    manifest = read_manifest(tmp_path / "chosen")
+    choice = manifest["engine_choice"]
+    assert set(choice["p50_ms"]) == {"onnxruntime", "torch"} and choice["dims"] == {"B": 1, "C": 64}
+    assert all(v > 0 for v in choice["p50_ms"].values())
+    fastest = min(choice["p50_ms"], key=choice["p50_ms"].get)
+    assert choice["engine"] == fastest
+    assert {manifest["served"][m]["engine"] for m in (contract.RANKER, contract.RANKER_EMBEDDINGS)} == {fastest}
+
+    assert build.main([*common, "--python-engine", "torch", "--output", str(tmp_path / "asked")]) == 0
+    asked = read_manifest(tmp_path / "asked")
+    assert asked["engine_choice"] is None and asked["served"][contract.RANKER]["engine"] == "torch"
