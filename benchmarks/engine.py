@@ -31,13 +31,15 @@ from fnmatch import fnmatch
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from phoenix_torch import skip_input_checks
 
 from benchmarks.flops import forward_flops, shape_dict
 from benchmarks.measure import Budget, latency_stats, time_call
+from benchmarks.peak import fraction_of_peak
+from benchmarks.peak import measure as measure_peak
+from benchmarks.profile import profile_call
 
 DIRECT_ENGINES = ("torch", "torch_compile", "cuda_graph", "torch_compile_cuda_graph")
 RUNTIME_ENGINES = ("onnxruntime", "aoti", "tensorrt")
@@ -91,8 +93,7 @@ class Sweep:
     # fnmatch patterns of "engine/preset/precision" not to measure. CPU default: what costs minutes of
     # compilation on 2 cores or means nothing (ONNX Runtime's CPU provider has no bf16 MatMul: export.runtime
     # emulates it in fp32).
-    exclude: tuple[str, ...] = ("onnxruntime/*/bf16", "torch_compile/*/bf16", "aoti/*/bf16",
-                                "torch_compile/nano/*", "aoti/nano/*")
+    exclude: tuple[str, ...] = ("onnxruntime/*/bf16", "torch_compile/*/bf16", "torch_compile/nano/*", "aoti/nano/*")
     dense_engines: tuple[str, ...] = ("torch",)  # engines that also run the dense-attention 1000-candidate pass
     vocab: int = 65536                           # rows per hash table (the FLOPs do not depend on it)
     seed: int = 0
@@ -100,6 +101,8 @@ class Sweep:
     deadline_s: float | None = None              # stop measuring after this many seconds (rest: skipped)
     cache_dir: str | None = None                 # exported engines are kept here between runs
     threads: int | None = None                   # CPU threads of torch and ONNX Runtime (None: their default)
+    peak_seconds: float = 2.0                    # per peak measurement (benchmarks.peak)
+    profile: tuple | None = ("mini", "fp32", 1, 64)   # (preset, precision, B, C) of the profiled call, or None
 
 
 def plan(sweep: Sweep) -> list[Point]:
@@ -132,19 +135,16 @@ def plan(sweep: Sweep) -> list[Point]:
 
 def build_graph(preset: str, precision: str, attention: str = "isolated", vocab: int = 65536,
                 seed: int = 0):
-    """The serving graph (export.graphs.ranker_graph) of a preset with a seeded, non-zero init."""
+    """The serving graph (export.graphs.ranker_graph, hashes in) of a preset with a seeded, non-zero init."""
     from export.graphs import ranker_graph
-    from phoenix_torch import HashEmbeddingTables, PhoenixModel, get_preset, init_seeded
+    from export.models import seeded_tables, torch_tables
+    from phoenix_torch import PhoenixModel, get_preset, init_seeded
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {sorted(PRECISIONS)}, got {precision!r}")
     cfg = get_preset(preset, fprop_dtype=PRECISIONS[precision], attention_impl=attention)
-    model = PhoenixModel(cfg)
-    tables = HashEmbeddingTables(cfg.emb_size, vocab, vocab, vocab)
-    init_seeded(model, seed)
-    init_seeded(tables, seed + 1)
-    model.eval()
-    return cfg, ranker_graph(model, tables)
+    model = init_seeded(PhoenixModel(cfg), seed).eval()
+    return cfg, ranker_graph(model, torch_tables(seeded_tables(cfg, vocab, seed + 1)))
 
 
 def availability(device: str) -> dict[str, str | None]:
@@ -167,7 +167,7 @@ def availability(device: str) -> dict[str, str | None]:
     return out
 
 
-def _source_key(*parts) -> str:
+def source_key(*parts) -> str:
     h = hashlib.sha256(repr(parts).encode())
     root = Path(__file__).resolve().parents[1]
     for pkg in ("phoenix_torch", "export"):
@@ -243,7 +243,7 @@ class RuntimeEngine:
         manifest_dir = export_for(kind, graph, folder, device)
         self.kind, self.graph, self.device = kind, graph, device
         kw = {"threads": threads} if kind == "onnxruntime" and threads else {}
-        self.engine = load_engine(manifest_dir, model="ranker", kind=kind, device=device, **kw)
+        self.engine = load_engine(manifest_dir, model=graph.name, kind=kind, device=device, **kw)
         self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def bind(self, feeds: list[dict]) -> Bound:
@@ -316,6 +316,8 @@ def run(sweep: Sweep, on_point=lambda point, i, n: None, log=print, checkpoint=N
         torch.set_num_threads(sweep.threads)
     avail = availability(sweep.device)
     points = plan(sweep)
+    log("measuring the machine's peak (matmuls, memory copy)")
+    peak = measure_peak(sweep.device, seconds=sweep.peak_seconds)
     results, start = [], time.monotonic()
     cache = Path(sweep.cache_dir) if sweep.cache_dir else Path(tempfile.mkdtemp(prefix="phoenix-bench-"))
     graphs: dict[tuple, tuple] = {}
@@ -341,11 +343,12 @@ def run(sweep: Sweep, on_point=lambda point, i, n: None, log=print, checkpoint=N
                 graphs[gkey] = build_graph(*gkey, vocab=sweep.vocab, seed=sweep.seed)
             cfg, graph = graphs[gkey]
             if ekey not in engines:
-                folder = cache / f"{point.engine}-{'-'.join(gkey)}-{_source_key(gkey, sweep.vocab, sweep.seed)}"
+                folder = cache / f"{point.engine}-{'-'.join(gkey)}-{source_key(gkey, sweep.vocab, sweep.seed)}"
                 t0 = time.perf_counter()
                 engines[ekey] = make_engine(point.engine, graph, sweep.device, folder, sweep.threads)
                 log(f"{point.engine} {' '.join(gkey)}: ready in {time.perf_counter() - t0:.1f} s")
             row = measure_point(engines[ekey], graph, cfg, point, sweep)
+            row["fraction_of_peak"] = fraction_of_peak(row.get("tflops"), point.precision, peak)
             results.append(row)
         except Exception as e:  # record why and go on: one broken engine must not stop the sweep
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
@@ -360,13 +363,20 @@ def run(sweep: Sweep, on_point=lambda point, i, n: None, log=print, checkpoint=N
         if gkey in graphs:
             models[f"{point.preset}/{point.precision}"] = {"shape": shape_dict(graphs[gkey][0])}
         if checkpoint:
-            checkpoint(_result(sweep, avail, results, models, start, done=False))
-    return _result(sweep, avail, results, models, start, done=True)
+            checkpoint(_result(sweep, avail, results, models, start, peak, None, done=False))
+    profile = None
+    if sweep.profile and not sweep.device.startswith("cuda"):
+        _drop_other_graphs(graphs, engines, ())
+        preset, precision, b, c = sweep.profile
+        log(f"profiling one {preset} {precision} call at B={b}, C={c} (ONNX Runtime and torch eager)")
+        profile = profile_call(preset, precision, b, c, sweep.seed)
+    return _result(sweep, avail, results, models, start, peak, profile, done=True)
 
 
-def _result(sweep, avail, results, models, start, done: bool) -> dict:
+def _result(sweep, avail, results, models, start, peak, profile, done: bool) -> dict:
     return {"mode": "engine", "device": sweep.device, "complete": done, "sweep": _sweep_dict(sweep),
-            "availability": avail, "results": results, "models": models, "elapsed_s": time.monotonic() - start}
+            "availability": avail, "peak": peak, "profile": profile, "results": results, "models": models,
+            "elapsed_s": time.monotonic() - start}
 
 
 def _drop_other_graphs(graphs: dict, engines: dict, keep: tuple):
@@ -389,7 +399,8 @@ def quick_sweep(device: str = "cpu") -> Sweep:
     minutes on a small CPU, so they are left to the full sweep), TensorRT to exercise the skip path."""
     return Sweep(device=device, engines=("torch", "onnxruntime", "tensorrt"), presets=("demo",),
                  precisions={"demo": ("fp32",)}, batch_sizes={"demo": (1, 4)}, candidates={"demo": (8, 32)},
-                 base_c=8, big_c_presets=("demo",), vocab=1024, exclude=(),
+                 base_c=8, big_c_presets=("demo",), vocab=1024, exclude=(), peak_seconds=0.2,
+                 profile=("demo", "fp32", 1, 8),
                  budget=Budget(warmup=1, min_reps=5, max_reps=50, seconds=0.05, max_seconds=1.0))
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.memory import tree_memory
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MINI = PROJECT_ROOT / "tests" / "golden" / "may" / "may_artifacts_mini"
 RELEASE_VOCAB = 1_000_000
@@ -78,23 +80,6 @@ def timed_build(artifacts: Path, output: Path) -> dict:
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 2),
             "repository_gib": round(size / 2**30, 2), "command": " ".join(cmd[2:])}
-
-
-def tree_memory(pid: int) -> dict:
-    """RSS and PSS (GiB) of a process and its descendants (tritonserver and its stubs)."""
-    from benchmarks.memory import process_tree
-
-    rss = pss = 0
-    for p in process_tree(pid):
-        try:
-            for line in open(f"/proc/{p}/smaps_rollup"):
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-        except OSError:
-            pass
-    return {"rss_gib": round(rss / 2**20, 2), "pss_gib": round(pss / 2**20, 2)}
 
 
 def measure_serving(repo: Path, sequence: Path, runs: int) -> dict:

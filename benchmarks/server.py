@@ -20,18 +20,18 @@ parameters (`demo_request` + `PhoenixClient.build_row`).
 """
 from __future__ import annotations
 
-import os
 import queue
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.measure import latency_stats
+from benchmarks.memory import MemorySampler
 
 MODELS = ("phoenix", "phoenix_ranker")
 STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -57,103 +57,13 @@ class ServerSweep:
     seed: int = 0
 
 
-# ------------------------------------------------------------------------------------------ memory
-
-def _children(pid: int) -> list[int]:
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                out += [int(c) for c in open(f"/proc/{pid}/task/{tid}/children").read().split()]
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """pid and all its descendants (the Python-backend stubs are children of tritonserver)."""
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo += _children(p)
-    return tree
-
-
-def _status_kib(pid: int, key: str) -> int:
-    try:
-        for line in open(f"/proc/{pid}/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-class MemorySampler:
-    """Samples the RSS of a process tree in a thread; keeps the peak and each process's VmHWM.
-
-    `pid` may be a callable returning the pid or None (not started yet), so sampling can begin before
-    the process exists and cover its start-up.
-    """
-
-    def __init__(self, pid, interval: float = 0.05):
-        self.pid, self.interval = pid, interval
-        self.peak_kib, self.hwm_kib, self.names = 0, {}, {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def sample(self):
-        pid = self.pid() if callable(self.pid) else self.pid
-        if pid is None:
-            return
-        tree = process_tree(pid)
-        self.alive = tree
-        total = 0
-        for p in tree:
-            total += _status_kib(p, "VmRSS")
-            hwm = _status_kib(p, "VmHWM")
-            if hwm:
-                self.hwm_kib[p] = max(self.hwm_kib.get(p, 0), hwm)
-                if p not in self.names:
-                    try:
-                        self.names[p] = open(f"/proc/{p}/comm").read().strip()
-                    except OSError:
-                        self.names[p] = "?"
-        self.peak_kib = max(self.peak_kib, total)
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(self.interval)
-
-    def stop(self) -> dict:
-        """Stop sampling (call while the processes still run: the last sample names the live ones)."""
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-        alive = [p for p in getattr(self, "alive", []) if p in self.hwm_kib]
-        per = {}
-        for p in alive:
-            per.setdefault(self.names.get(p, "?"), []).append(round(self.hwm_kib[p] / 1024, 1))
-        return {"peak_rss_mib": round(self.peak_kib / 1024, 1),
-                "sum_process_peak_rss_mib": round(sum(self.hwm_kib[p] for p in alive) / 1024, 1),
-                "processes": len(alive), "peak_rss_mib_by_process": per}
-
-
 # ------------------------------------------------------------------------------------------ repository
 
 def build_repository(preset: str, cache_dir: Path, build_args=(), log=print) -> Path:
     """`python -m export.build --preset P --output DIR ...` once per preset and source version."""
-    from benchmarks.engine import _source_key
+    from benchmarks.engine import source_key
 
-    out = Path(cache_dir) / f"repo-{preset}-{_source_key('repo', preset, tuple(build_args))}"
+    out = Path(cache_dir) / f"repo-{preset}-{source_key('repo', preset, tuple(build_args))}"
     if (out / "manifest.json").exists():
         log(f"repository for {preset}: cached at {out}")
         return out
@@ -172,16 +82,10 @@ def build_repository(preset: str, cache_dir: Path, build_args=(), log=print) -> 
 
 def request_pool(client, n: int, users: int, candidates: int, seed: int) -> list[dict]:
     """n distinct requests of `users` users x `candidates` candidates, valid hashes only."""
-    from serving.client import demo_request, stack_rows
+    from serving.cli import demo_request
 
-    pool = []
-    for i in range(n):
-        rows = []
-        for u in range(users):
-            r = demo_request(seed=seed + i * users + u, num_history=client.history_len, num_candidates=candidates)
-            rows.append(client.build_row(**r))
-        pool.append(stack_rows(rows))
-    return pool
+    return [client.arrays([demo_request(client.actions, seed=seed + i * users + u, num_history=client.history_len,
+                                        num_candidates=candidates) for u in range(users)]) for i in range(n)]
 
 
 def check_response(model: str, out: dict, users: int, candidates: int):
@@ -250,7 +154,7 @@ def closed_loop(url: str, model: str, pool: list[dict], concurrency: int, second
         while time.perf_counter() < stop_at[0]:
             t0 = time.perf_counter()
             try:
-                c.infer_arrays(pool[i % len(pool)], model=model)
+                c.infer(pool[i % len(pool)], model=model)
             except Exception as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 return
@@ -289,7 +193,7 @@ def open_loop(url: str, model: str, pool: list[dict], rate: float, seconds: floa
                 return
             i, due = job
             try:
-                clients[k].infer_arrays(pool[i % len(pool)], model=model)
+                clients[k].infer(pool[i % len(pool)], model=model)
             except Exception as e:
                 with lock:
                     errors.append(f"{type(e).__name__}: {e}")
@@ -338,14 +242,17 @@ def bench_preset(url: str, preset: str, sweep: ServerSweep, full: bool, on_step,
 
     rows = []
     with PhoenixClient(url) as client:
-        pool = request_pool(client, 16, sweep.users_per_request, sweep.candidates, sweep.seed)
-        stats_client = client._c
-        for model in sweep.models:
+        every_input = request_pool(client, 16, sweep.users_per_request, sweep.candidates, sweep.seed)
+        ranker_inputs = {s["name"] for s in client.inputs}
+        stats_client = client.triton
+        for model in sweep.models:   # the ranker alone takes only its own inputs
+            pool = every_input if model != "phoenix_ranker" else \
+                [{n: a for n, a in r.items() if n in ranker_inputs} for r in every_input]
             for r in pool[:2]:  # a valid answer of the right shape, else stop here with the reason
-                check_response(model, client.infer_arrays(r, model=model), sweep.users_per_request,
+                check_response(model, client.infer(r, model=model), sweep.users_per_request,
                                sweep.candidates)
             for r in pool[:sweep.warmup_requests]:
-                client.infer_arrays(r, model=model)
+                client.infer(r, model=model)
             levels = sweep.concurrency if full else sweep.concurrency[:1]
             peak = 0.0
             for c in levels:

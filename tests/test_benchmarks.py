@@ -202,10 +202,13 @@ def test_findings_compare_with_upstream_and_targets():
     assert fast == {1: "onnxruntime", 16: "torch"}
     up = {u["B"]: u for u in f["upstream"]}
     assert up[1]["speedup"] == pytest.approx(7.4 / 2.0) and up[16]["speedup"] == pytest.approx(81 / 20)
-    targets = {t["target"].split(":")[0]: t["met"] for t in f["targets"]}
-    assert targets["CPU mini 1x64 fp32"] is True                  # 3.7x >= 3x
-    assert targets["1000 candidates of one user (mini, fp32)"] is True   # 60 / 10 = 6x >= 5x
-    assert targets["mini"] is False                                # 4.0 > 2.0 + 1.5
+    def met(prefix):
+        return next(t["met"] for t in f["targets"] if t["target"].startswith(prefix))
+
+    assert met("mini 1x64 fp32, the engine the cpu target serves") is False    # onnxruntime 2.0 ms > 1.6 ms
+    assert met("mini 16x64, fastest engine") is False                          # torch 20 ms > 12 ms
+    assert met("1000 candidates of one user (mini, fp32)") is True             # 60 / 10 = 6x >= 5x
+    assert met("mini: served ensemble") is False                                # 4.0 - 2.0 > 1.0 ms
     assert f["ensemble"][0]["ensemble_overhead_ms"] == pytest.approx(1.0)
     md = report.render(eng, srv, "python -m benchmarks all --quick")
     assert report.REPRODUCE["cpu"] in md.splitlines()[:6]               # the one command, at the top

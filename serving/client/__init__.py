@@ -270,19 +270,31 @@ class PhoenixClient:
         return self.score_many([dict(user_id=user_id, history=history, candidates=candidates, user=user,
                                      hashed=hashed)])[0]
 
+    @property
+    def candidate_inputs(self) -> list[str]:
+        """Inputs with a candidate axis, padded to one C per request: the ranker's [B, C, ...] ones and the
+        postprocess's own candidate facts."""
+        return [s["name"] for s in self.inputs if s["shape"][1:2] == ["C"]] + \
+            [s["name"] for s in self.config.get("postprocess_inputs", [])]
+
+    def arrays(self, requests: list[dict]) -> dict[str, np.ndarray]:
+        """The [B, ...] arrays of one Triton request for `requests` (score's keyword arguments each), as
+        score_many sends them: C padded to the build's candidate sizes (padding is exact: hash 0)."""
+        return self._stack([self.build_row(**r) for r in requests])
+
+    def _stack(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        if len({tuple(sorted(r)) for r in rows}) > 1:
+            raise PhoenixInputError("score_many: give the optional candidate facts for every user or none")
+        c = self.limits.padded_candidates(max(len(r["candidate_post_hashes"]) for r in rows))
+        return stack_rows(rows, self.candidate_inputs, c)
+
     def score_many(self, requests: list[dict]) -> list[ScoreResult]:
         """Score several users, up to max_batch_size per Triton request (each dict holds `score`'s keyword
         arguments); results in the order given."""
         rows = [self.build_row(**r) for r in requests]
-        names = [s["name"] for s in self.inputs if s["shape"][1:2] == ["C"]] + \
-            [s["name"] for s in self.config.get("postprocess_inputs", [])]
         results, batch = [], self.limits.max_batch_size
         for s in range(0, len(rows), batch):
-            chunk = rows[s:s + batch]
-            if len({tuple(sorted(r)) for r in chunk}) > 1:
-                raise PhoenixInputError("score_many: give the optional candidate facts for every user or none")
-            c = self.limits.padded_candidates(max(len(r["candidate_post_hashes"]) for r in chunk))
-            arrays = stack_rows(chunk, names, c)
+            arrays = self._stack(rows[s:s + batch])
             self._check(arrays, self.model)
             out = self.infer(arrays)
             results += [_result(out, b, len(r["candidates"]), list(r["candidates"]))
