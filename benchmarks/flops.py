@@ -2,7 +2,7 @@
 
 Notation as in PHOENIX_SPEC: B users, S history, C candidates, D model width, L layers, Hq / Hkv
 query / key-value heads of size K, A = 19 actions, Hu / Hi / Ha hashes per user / item / author,
-f = FFN width (int(widening * D) * 2 // 3 rounded up to a multiple of 8), P = 1 + S (user + history),
+f = FFN width (phoenix_torch TransformerConfig.ffn_size), P = 1 + S (user + history),
 T = P + C. One multiply-add = 2 FLOPs; a matmul [m, k] x [k, n] = 2 m k n.
 
 Per user:
@@ -68,9 +68,7 @@ class Shape:
     @staticmethod
     def of(cfg) -> "Shape":
         D = int(_get(cfg, "emb_size", "model_size", "d_model"))
-        f = _get(cfg, "ffn_size", default=-1)
-        if f == -1:
-            f = ffn_width(D, float(_get(cfg, "widening_factor", default=2.0)))
+        f = _get(cfg, "ffn_size")          # phoenix_torch's TransformerConfig.ffn_size: the one formula
         return Shape(D=D, L=int(_get(cfg, "num_layers")), Hq=int(_get(cfg, "num_q_heads")),
                      Hkv=int(_get(cfg, "num_kv_heads")), K=int(_get(cfg, "key_size")),
                      f=int(f), S=int(_get(cfg, "history_seq_len")),
@@ -78,11 +76,6 @@ class Shape:
                      Hu=int(_get(cfg, "num_user_hashes", default=2)),
                      Hi=int(_get(cfg, "num_item_hashes", default=2)),
                      Ha=int(_get(cfg, "num_author_hashes", default=2)))
-
-
-def ffn_width(D: int, widening: float) -> int:
-    f = int(widening * D) * 2 // 3
-    return f + (-f) % 8
 
 
 def attention_pairs(S: int, C: int, attention: str) -> int:

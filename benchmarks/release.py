@@ -79,7 +79,7 @@ def timed_build(artifacts: Path, output: Path) -> dict:
     peak_kib = next(int(line.split(":")[1]) for line in p.stderr.splitlines() if "Maximum resident set size" in line)
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     return {"wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib / 2**20, 2),
-            "repository_gib": round(size / 2**30, 2), "command": " ".join(cmd[2:])}
+            "repository_gib": round(size / 2**30, 2), "command": " ".join(["python", *cmd[3:]])}
 
 
 def measure_serving(repo: Path, sequence: Path, runs: int) -> dict:

@@ -9,10 +9,12 @@ import pytest
 
 from benchmarks import flops, measure, report
 from benchmarks.__main__ import build_parser, main
-from benchmarks.server import MemorySampler, stats_diff
+from benchmarks.memory import MemorySampler
+from benchmarks.server import stats_diff
+from phoenix_torch import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-PROD = flops.Shape(D=2560, L=8, Hq=20, Hkv=4, K=128, f=flops.ffn_width(2560, 2), S=1022)
+PROD = flops.Shape(D=2560, L=8, Hq=20, Hkv=4, K=128, f=get_preset("prod").transformer.ffn_size, S=1022)
 MINI = flops.Shape(D=128, L=4, Hq=4, Hkv=4, K=32, f=176, S=127)
 
 
