@@ -21,13 +21,6 @@ from .retrieval import PhoenixRetrievalModel
 _LAYER = re.compile(r"^transformer\.layers\.(\d+)\.(.+)$")
 # Keys upstream checkpoints hold that no forward pass reads: the retrieval model's training temperature.
 IGNORED_KEYS = ("~/log_temperature",)
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        warnings.warn(message, stacklevel=3)
 
 
 def _haiku_key(torch_name: str, root: str) -> str:
@@ -73,7 +66,8 @@ def load_upstream_params(model: nn.Module, source) -> nn.Module:
     params = read_params(source)
     unused = sorted(k for k in params if k in IGNORED_KEYS)
     if unused:
-        _warn_once(f"ignoring {unused}: upstream stores it, its forward pass never reads it")
+        # a UserWarning: Python's default filter prints it once per process; export.build records it per build
+        warnings.warn(f"ignoring {unused}: upstream stores it, its forward pass never reads it", stacklevel=2)
         params = {k: v for k, v in params.items() if k not in IGNORED_KEYS}
     root = _root(model)
     expected = {_haiku_key(name, root): (name, p) for name, p in model.named_parameters()}

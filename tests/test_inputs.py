@@ -165,10 +165,12 @@ def test_embeddings_mismatched_with_batch(ranker):
         ranker.model(b, emb)
 
 
-def test_ignored_upstream_key_is_dropped_with_one_warning(recwarn):
+def test_ignored_upstream_key_is_dropped_with_a_warning_each_load(recwarn):
+    """No hidden state: every load that drops the key says so (Python's default filter shows a user the first
+    one only; export.build records it in each manifest it writes)."""
     from phoenix_torch import PhoenixRetrievalModel, get_preset
     model = init_seeded(PhoenixRetrievalModel(get_preset("demo", retrieval=True, history_seq_len=4)))
     params = {**export_upstream_params(model), "~/log_temperature": np.float32(0.07)}
     load_upstream_params(model, params)
     load_upstream_params(model, params)
-    assert sum("log_temperature" in str(w.message) for w in recwarn.list) == 1
+    assert sum("log_temperature" in str(w.message) for w in recwarn.list) == 2
