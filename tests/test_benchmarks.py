@@ -212,10 +212,14 @@ def test_findings_compare_with_upstream_and_targets():
     assert met("1000 candidates of one user (mini, fp32)") is True             # 60 / 10 = 6x >= 5x
     assert met("mini: served ensemble") is False                                # 4.0 - 2.0 > 1.0 ms
     assert f["ensemble"][0]["ensemble_overhead_ms"] == pytest.approx(1.0)
+    left = {t["target"][:20]: t.get("left") for t in f["targets"] if t["met"] is False}
+    assert left["mini 1x64 fp32, the "].startswith("0.40 ms")                  # what is left, for each missed goal
+    assert left["mini: served ensembl"].startswith("1.00 ms; phoenix_ranker served alone is +1.00 ms")
     md = report.render(eng, srv, "python -m benchmarks all --quick")
     assert report.REPRODUCE["cpu"] in md.splitlines()[:6]               # the one command, at the top
     assert "This run: `python -m benchmarks all --quick`" in md
-    for text in ("## Answers", "## Targets", "upstream JAX", "GPU only", "Fastest at B=1", "Ensemble cost", "900.0"):
+    for text in ("## Answers", "## Targets", "upstream JAX", "GPU only", "Fastest at B=1", "Ensemble cost", "900.0",
+                 "what is left, and why"):
         assert text in md
 
 
