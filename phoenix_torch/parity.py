@@ -4,6 +4,7 @@ other. Precision names are the build's: "fp32" and "bf16" (PRECISIONS maps them 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}   # precision name -> the config's fprop_dtype
 TOLERANCE = {"fp32": 1e-4, "bf16": 1e-1}             # max abs error of float outputs
@@ -23,13 +24,9 @@ def precision_of(fprop_dtype: str) -> str:
 
 def to_numpy(value) -> np.ndarray:
     """numpy array of a numpy array, torch tensor (any device, bf16 as float32) or sequence."""
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):
-        value = value.detach()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        return value.cpu().numpy()
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
     return np.asarray(value)
 
 

@@ -41,17 +41,22 @@ def _extras(parts: list[str], what: str) -> dict:
     return out
 
 
+def _fields(item: str, flag: str, needed: int, form: str, example: str) -> tuple[list[str], str, dict]:
+    """Split one POST:AUTHOR:... item on ':' (spaces trimmed); (parts, how errors name it, post/author ids)."""
+    parts = [p.strip() for p in item.split(":")]
+    what = f"{flag} {item!r}"
+    if len(parts) < needed:
+        raise PhoenixInputError(f"{what}: expected {form}, e.g. {example}")
+    return parts, what, {"post_id": _int(parts[0], f"{what} post id"), "author_id": _int(parts[1], f"{what} author id")}
+
+
 def parse_history(items: list[str]) -> list[dict]:
     """POST:AUTHOR:ACTIONS:SURFACE[:KEY=VALUE...] (ACTIONS comma-separated names or indices; spaces trimmed)."""
     out = []
     for s in items:
-        parts = [p.strip() for p in s.split(":")]
-        what = f"--history {s!r}"
-        if len(parts) < 4:
-            raise PhoenixInputError(f"{what}: expected POST:AUTHOR:ACTION[,ACTION...]:SURFACE, e.g. 5:1:favorite,reply:2")
+        parts, what, ids = _fields(s, "--history", 4, "POST:AUTHOR:ACTION[,ACTION...]:SURFACE", "5:1:favorite,reply:2")
         actions = [a.strip() for a in parts[2].split(",") if a.strip()]
-        out.append({"post_id": _int(parts[0], f"{what} post id"), "author_id": _int(parts[1], f"{what} author id"),
-                    "actions": actions, "product_surface": _int(parts[3], f"{what} surface"),
+        out.append({**ids, "actions": actions, "product_surface": _int(parts[3], f"{what} surface"),
                     **_extras(parts[4:], what)})
     return out
 
@@ -60,12 +65,8 @@ def parse_candidates(items: list[str]) -> list[dict]:
     """POST:AUTHOR:SURFACE[:KEY=VALUE...], e.g. 987:45:0:video_duration_ms=15000:in_network=false."""
     out = []
     for s in items:
-        parts = [p.strip() for p in s.split(":")]
-        what = f"--candidate {s!r}"
-        if len(parts) < 3:
-            raise PhoenixInputError(f"{what}: expected POST:AUTHOR:SURFACE[:KEY=VALUE...], e.g. 987:45:0")
-        out.append({"post_id": _int(parts[0], f"{what} post id"), "author_id": _int(parts[1], f"{what} author id"),
-                    "product_surface": _int(parts[2], f"{what} surface"), **_extras(parts[3:], what)})
+        parts, what, ids = _fields(s, "--candidate", 3, "POST:AUTHOR:SURFACE[:KEY=VALUE...]", "987:45:0")
+        out.append({**ids, "product_surface": _int(parts[2], f"{what} surface"), **_extras(parts[3:], what)})
     return out
 
 

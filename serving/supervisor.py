@@ -91,7 +91,7 @@ def stubs(server_pid: int) -> dict[int, Stub]:
     return out
 
 
-def _request(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
+def http_request(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
     """(HTTP status, body); status 0 when the server cannot be reached."""
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
                                  headers={"Content-Type": "application/json"})
@@ -148,12 +148,12 @@ class StubSupervisor:
         """tritonserver runs and is not exiting (/v2/health/live turns false when it begins to exit)."""
         if not process_alive(self.pid):
             return False
-        status, _ = _request(f"{self.base}/v2/health/live", timeout=5)
+        status, _ = http_request(f"{self.base}/v2/health/live", timeout=5)
         return status == 200
 
     def index(self) -> dict[str, str] | None:
         """{model: state} from the repository index (READY, UNAVAILABLE, LOADING, UNLOADING), None on failure."""
-        status, body = _request(f"{self.base}/v2/repository/index", b"{}", timeout=10)
+        status, body = http_request(f"{self.base}/v2/repository/index", b"{}", timeout=10)
         if status != 200:
             return None
         try:
@@ -213,10 +213,10 @@ class StubSupervisor:
         if attempt == 1:
             self.on_event(f"the process of model {model!r} (pid {pid_text}) died; reloading it "
                           f"(readiness is red until it is back)")
-            _request(f"{self.base}/v2/repository/models/{model}/unload", b"{}", timeout=self.load_timeout)
+            http_request(f"{self.base}/v2/repository/models/{model}/unload", b"{}", timeout=self.load_timeout)
         else:
             self.on_event(f"reloading model {model!r}, attempt {attempt}")
-        status, body = _request(f"{self.base}/v2/repository/models/{model}/load", b"{}", timeout=self.load_timeout)
+        status, body = http_request(f"{self.base}/v2/repository/models/{model}/load", b"{}", timeout=self.load_timeout)
         if self._stop.is_set():
             return                                       # the server is being stopped: nothing to report
         ok = status == 200
@@ -226,7 +226,7 @@ class StubSupervisor:
             states = self.index() or {}
             for other in sorted(set(ready_before) - {model}):
                 if states.get(other) != "READY":
-                    s, b = _request(f"{self.base}/v2/repository/models/{other}/load", b"{}",
+                    s, b = http_request(f"{self.base}/v2/repository/models/{other}/load", b"{}",
                                     timeout=self.load_timeout)
                     also.append(other if s == 200 else f"{other} (failed: {_error_text(s, b)})")
         for region in regions:   # the dead stub's region: Triton never removes it
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: server.send_signal(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: server.send_signal(signum))
     # watch from the first moment the server is ready: while models load, stubs come and go by design
-    while server.poll() is None and _request(f"{args.http_url.rstrip('/')}/v2/health/ready", timeout=5)[0] != 200:
+    while server.poll() is None and http_request(f"{args.http_url.rstrip('/')}/v2/health/ready", timeout=5)[0] != 200:
         time.sleep(args.interval)
     supervisor = None
     if server.poll() is None:

@@ -65,3 +65,11 @@ def may_repo(tmp_path_factory) -> Path:
     """The May release's artifacts folder (tests/golden/may/may_artifacts_mini), fp32, cpu target."""
     return run_build(["--artifacts", str(MAY_ARTIFACTS), "--precision", "fp32", "--target", "cpu"],
                      tmp_path_factory.mktemp("may") / "repo")
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """A gRPC PhoenixClient of the module's `server` fixture (each server test module defines `server`)."""
+    from serving.client import PhoenixClient
+    with PhoenixClient(server.grpc_url) as c:
+        yield c

@@ -38,7 +38,7 @@ from serving.batching import stack_rows                        # noqa: E402
 from serving.client import PhoenixClient                       # noqa: E402
 from serving.cli import demo_request                           # noqa: E402
 from serving.server import SHM, TritonServer                   # noqa: E402
-from serving.supervisor import stubs                           # noqa: E402
+from serving.supervisor import http_request, stubs             # noqa: E402
 
 MAX_REQUEST_MB = 8          # the build's request-size limit: small, so one test reaches it cheaply
 BUILD = ["--preset", "demo", "--target", "cpu", "--engines", "none", "--vocab", "2000", "--corpus", "64",
@@ -66,12 +66,6 @@ def events():
 def server(repo, events):
     with TritonServer(repo, on_event=events.append) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    with PhoenixClient(server.grpc_url) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
@@ -133,23 +127,11 @@ def json_body(arrays: dict, replace: dict | None = None) -> bytes:
 
 
 def http_post(base: str, path: str, body: bytes, timeout: float = 60) -> tuple[int, str]:
-    req = urllib.request.Request(f"http://{base}{path}", data=body, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode(errors="replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
+    return http_request(f"http://{base}{path}", body, timeout=timeout)
 
 
 def http_status(base: str, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{base}{path}", timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return 0
+    return http_request(f"http://{base}{path}", timeout=5)[0]
 
 
 def server_memory_mb(server_pid: int) -> float:

@@ -26,12 +26,6 @@ def server(may_repo):
         yield s
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with PhoenixClient(server.grpc_url) as c:
-        yield c
-
-
 def test_the_manifest_holds_the_release(may_repo):
     m = contract.read_manifest(may_repo)
     assert m["release"] == "may" and m["model_config"]["num_continuous_actions"] == 8

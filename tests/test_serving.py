@@ -37,12 +37,6 @@ def server(demo_repo):
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    with PhoenixClient(server.grpc_url) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def models(demo_tables):
     """The models demo_repo was built from (seeded weights, the tables file)."""
     return load_models(ModelSource(preset="demo", tables=str(demo_tables)))
@@ -431,3 +425,33 @@ def test_the_readmes_bring_your_own_embeddings_example_gives_the_hashes_paths_sc
         expected = client.score(user_id=42, history=[(5, 1, ["favorite"], 2)], candidates=[(11, 1, 0), (12, 2, 3)])
     np.testing.assert_allclose(scope["result"].final_score, expected.final_score, atol=1e-5, rtol=0)
     np.testing.assert_allclose(scope["result"].scores["favorite_score"], expected.scores["favorite_score"], atol=1e-5)
+
+
+def test_hand_computed_scoring_cases_through_the_real_server(client, manifest):
+    """The hand-computed home-mixer cases of tests/test_scoring.py (January action list, the published
+    weights), sent to the served phoenix_postprocess with exactly the optional inputs each case has."""
+    from test_scoring import CASES, logits_for
+    post = manifest["served"]["phoenix_postprocess"]
+    cases = [c for c in CASES if list(c.actions) == list(post["actions"]) and c.weights is None
+             and c.dwell_time_continuous is None]
+    assert len(cases) >= 12
+    for case in cases:
+        C = len(case.probs)
+        valid = np.array(case.valid or [True] * C)
+        feed = {"logits": logits_for(case.actions, case.probs).astype(np.float32),
+                "input_error": np.zeros((1, 1), np.int32),
+                "candidate_post_hashes": np.ones((1, C, 2), np.int64) * valid[None, :, None]}
+        if case.author_ids is not None:
+            feed["candidate_author_ids"] = np.array([case.author_ids], np.int64)
+        if case.author_hashes is not None:
+            feed["candidate_author_hashes"] = np.repeat(np.array(case.author_hashes, np.int64)[None, :, None], 2, -1)
+        if case.durations is not None:
+            feed["candidate_video_duration_ms"] = np.array([case.durations], np.int64)
+        if case.in_network is not None:
+            feed["candidate_in_network"] = np.array([case.in_network], bool)
+        out = client.infer(feed, model="phoenix_postprocess")
+        np.testing.assert_allclose(out["weighted_score"][0], case.weighted, rtol=1e-5, err_msg=case.id)
+        np.testing.assert_allclose(out["final_score"][0], case.final, rtol=1e-5, err_msg=case.id)
+        assert out["ranking"][0].tolist() == list(case.ranking), case.id
+        for name, values in case.expect.items():
+            np.testing.assert_allclose(out[name][0], values, rtol=1e-5, err_msg=f"{case.id} {name}")
