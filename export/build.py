@@ -63,8 +63,9 @@ class BuildOptions:
 
 # ---------------------------------------------------------------------------------------------- graphs
 
-def graph_specs(models: Models, names: set[str]) -> dict[str, GraphSpec]:
-    """The serving graphs `names` of the models (hashes-in graphs get the tables, sharing their memory)."""
+def graph_specs(models: Models, names: set[str], checked: bool = True) -> dict[str, GraphSpec]:
+    """The serving graphs `names` of the models (hashes-in graphs get the tables, sharing their memory);
+    `checked=False`: embeddings-in graphs without the in-graph input checks (the Python engine host checks)."""
     out = {}
     for name in sorted(names):
         base = name.removesuffix("_embeddings")
@@ -72,7 +73,7 @@ def graph_specs(models: Models, names: set[str]) -> dict[str, GraphSpec]:
         tables = None
         if not name.endswith("_embeddings"):
             tables = torch_tables(models.ranker_tables if base == "ranker" else models.retrieval_tables)
-        out[name] = GRAPH_BUILDERS[base](model, tables)
+        out[name] = GRAPH_BUILDERS[base](model, tables, checked)
     return out
 
 
@@ -205,7 +206,7 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
     limits = Limits(opts.max_batch_size, opts.max_candidates, cfg.history_seq_len, opts.max_request_bytes,
                     opts.candidate_sizes)
     names = repo.graph_names(opts.target, models.retrieval is not None)
-    specs = graph_specs(models, set(names.values()))
+    specs = graph_specs(models, set(names.values()), checked=opts.target not in repo.HOST_TARGETS)
     folders = {g: next(m for m, name in names.items() if name == g) for g in specs}
     folders = {g: f"{m}/{k.VERSION}" for g, m in folders.items()}
     onnx = export_graphs(specs, folders, stage, build_opts.opset, cfg.candidate_seq_len, rows)

@@ -15,7 +15,9 @@ on GPUs).
 Out-of-range contract: bit i of `input_error` is set for a user (a row) when the graph's input i holds a
 value outside its range: a hash outside [0, vocab) (or negative, without a table), a category outside its
 vocabulary, an action not 0/1, a non-finite float, a negative timestamp. Such values are replaced by 0
-before they are used, so no engine ever reads another row. Every module takes its inputs positionally in
+before they are used, so no engine ever reads another row. Embeddings-in graphs built with `checked=False`
+(those only the Python engine host runs, after contract.check_request) skip these checks: input_error 0.
+Every module takes its inputs positionally in
 `GraphSpec.inputs` order and returns a tuple in `GraphSpec.outputs` order. Dims named "B" and "C" are
 dynamic; every other dim is fixed.
 """
@@ -76,6 +78,7 @@ class GraphSpec:
     config: object = None                       # the model config (for valid random inputs)
     precision: str = "fp32"
     example_inputs: dict = field(default_factory=dict)
+    checked: bool = True                        # False: input_error is always 0 (the engine host checks)
 
     @property
     def input_names(self) -> list[str]:
@@ -129,8 +132,12 @@ def _entities(config) -> set[str]:
 # ---------------------------------------------------------------------------------------------
 # the out-of-range contract, in graph ops every backend supports (compare, Where, ReduceMax on float)
 
-def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec]):
-    """(values with out-of-range entries replaced by 0, input_error int32 [B]): bit i = input i."""
+def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec], checked: bool = True):
+    """(values with out-of-range entries replaced by 0, input_error int32 [B]): bit i = input i. Unchecked
+    (a graph behind the Python engine host, which refuses such requests before the engine runs): the values
+    as they are and input_error 0, without the ~150 operators the checks cost."""
+    if not checked:
+        return values, torch.zeros(values[0].shape[0], dtype=torch.int32)
     clamped, error = [], None
     for i, (x, spec) in enumerate(zip(values, specs)):
         if spec.check == "hash" or spec.check == "index":
@@ -158,12 +165,12 @@ def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec]):
 class RankerFromEmbeddings(nn.Module):
     """Ranker inputs (see embeddings_inputs) -> (logits, [continuous_preds], input_error)."""
 
-    def __init__(self, model: PhoenixModel, specs: list[TensorSpec], embedding_fields: set[str]):
+    def __init__(self, model: PhoenixModel, specs: list[TensorSpec], embedding_fields: set[str], checked=True):
         super().__init__()
-        self.model, self.specs, self.embedding_fields = model, specs, embedding_fields
+        self.model, self.specs, self.embedding_fields, self.checked = model, specs, embedding_fields, checked
 
     def forward(self, *inputs):
-        values, error = check_and_clamp(list(inputs), self.specs)
+        values, error = check_and_clamp(list(inputs), self.specs, self.checked)
         named = {s.name: v for s, v in zip(self.specs, values)}
         emb = RecsysEmbeddings(**{k: v for k, v in named.items() if k in self.embedding_fields})
         batch = RecsysBatch(**{k: v for k, v in named.items() if k not in self.embedding_fields})
@@ -175,12 +182,13 @@ class RankerFromEmbeddings(nn.Module):
 class UserTowerFromEmbeddings(nn.Module):
     """User + history inputs -> (user_representation [B, D], input_error)."""
 
-    def __init__(self, retrieval: PhoenixRetrievalModel, specs: list[TensorSpec], embedding_fields: set[str]):
+    def __init__(self, retrieval: PhoenixRetrievalModel, specs: list[TensorSpec], embedding_fields: set[str],
+                 checked=True):
         super().__init__()
-        self.retrieval, self.specs, self.embedding_fields = retrieval, specs, embedding_fields
+        self.retrieval, self.specs, self.embedding_fields, self.checked = retrieval, specs, embedding_fields, checked
 
     def forward(self, *inputs):
-        values, error = check_and_clamp(list(inputs), self.specs)
+        values, error = check_and_clamp(list(inputs), self.specs, self.checked)
         named = {s.name: v for s, v in zip(self.specs, values)}
         emb = RecsysEmbeddings(**{k: v for k, v in named.items() if k in self.embedding_fields})
         batch = RecsysBatch(**{k: v for k, v in named.items() if k not in self.embedding_fields})
@@ -190,12 +198,12 @@ class UserTowerFromEmbeddings(nn.Module):
 class CandidateTowerFromEmbeddings(nn.Module):
     """The hash vectors of one post per row, [B, H, D] per candidate hashed feature -> (representation, error)."""
 
-    def __init__(self, retrieval: PhoenixRetrievalModel, specs: list[TensorSpec]):
+    def __init__(self, retrieval: PhoenixRetrievalModel, specs: list[TensorSpec], checked=True):
         super().__init__()
-        self.retrieval, self.specs = retrieval, specs
+        self.retrieval, self.specs, self.checked = retrieval, specs, checked
 
     def forward(self, *inputs):
-        values, error = check_and_clamp(list(inputs), self.specs)
+        values, error = check_and_clamp(list(inputs), self.specs, self.checked)
         emb = RecsysEmbeddings(**{s.name: v for s, v in zip(self.specs, values)})
         return self.retrieval.candidate_representation(emb).float(), error
 
@@ -266,8 +274,8 @@ def _error_spec() -> TensorSpec:
     return TensorSpec("input_error", "int32", ("B",))
 
 
-def _finish(name, module, inputs, outputs, cfg) -> GraphSpec:
-    spec = GraphSpec(name, module.eval(), inputs, outputs, cfg, _precision(cfg))
+def _finish(name, module, inputs, outputs, cfg, checked: bool = True) -> GraphSpec:
+    spec = GraphSpec(name, module.eval(), inputs, outputs, cfg, _precision(cfg), checked=checked)
     spec.example_inputs = spec.random_inputs(EXPORT_DIMS, seed=0)
     return spec
 
@@ -279,38 +287,46 @@ def ranker_outputs(cfg) -> list[TensorSpec]:
     return out + [_error_spec()]
 
 
-def ranker_graph(ranker: PhoenixModel, tables: HashEmbeddingTables | None = None) -> GraphSpec:
-    """`ranker_embeddings`, or with `tables` the hashes-in `ranker` (the tables inside the graph)."""
+def ranker_graph(ranker: PhoenixModel, tables: HashEmbeddingTables | None = None, checked: bool = True) -> GraphSpec:
+    """`ranker_embeddings`, or with `tables` the hashes-in `ranker` (the tables inside the graph). `checked`
+    (embeddings in only): the out-of-range contract inside the graph; False for a graph only the Python engine
+    host runs, after its own checks (hashes-in graphs are always checked: they index the tables)."""
     cfg, sides = ranker.config, ("user", "history", "candidate")
     inner_specs, lookups = model_inputs(cfg, sides, None, embeddings=True)
     emb_fields = {s.name for s in inner_specs if s.name in lookups}
-    inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields)
     if tables is None:
-        return _finish("ranker_embeddings", inner, inner_specs, ranker_outputs(cfg), cfg)
+        inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields, checked)
+        return _finish("ranker_embeddings", inner, inner_specs, ranker_outputs(cfg), cfg, checked)
+    inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields)
     specs, _ = model_inputs(cfg, sides, tables.vocab_sizes, embeddings=False)
     return _finish("ranker", WithLookup(inner, inner_specs, specs, tables, lookups), specs, ranker_outputs(cfg), cfg)
 
 
-def user_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddingTables | None = None) -> GraphSpec:
+def user_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddingTables | None = None,
+                     checked: bool = True) -> GraphSpec:
     cfg, sides = retrieval.config, ("user", "history")
     inner_specs, lookups = model_inputs(cfg, sides, None, embeddings=True)
-    inner = UserTowerFromEmbeddings(retrieval, inner_specs, {s.name for s in inner_specs if s.name in lookups})
+    emb_fields = {s.name for s in inner_specs if s.name in lookups}
     outputs = [TensorSpec("user_representation", "float32", ("B", cfg.emb_size)), _error_spec()]
     if tables is None:
-        return _finish("user_tower_embeddings", inner, inner_specs, outputs, cfg)
+        inner = UserTowerFromEmbeddings(retrieval, inner_specs, emb_fields, checked)
+        return _finish("user_tower_embeddings", inner, inner_specs, outputs, cfg, checked)
+    inner = UserTowerFromEmbeddings(retrieval, inner_specs, emb_fields)
     specs, _ = model_inputs(cfg, sides, tables.vocab_sizes, embeddings=False)
     return _finish("user_tower", WithLookup(inner, inner_specs, specs, tables, lookups), specs, outputs, cfg)
 
 
-def candidate_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddingTables | None = None) -> GraphSpec:
+def candidate_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddingTables | None = None,
+                          checked: bool = True) -> GraphSpec:
     """One post per row (B = rows), so Triton batching and the TensorRT "B" profile apply to the corpus."""
     cfg = retrieval.config
     feats = retrieval.candidate_features
     inner_specs = [embedding_spec(f, cfg, rows_only=True) for f in feats]
-    inner = CandidateTowerFromEmbeddings(retrieval, inner_specs)
     outputs = [TensorSpec("candidate_representation", "float32", ("B", cfg.emb_size)), _error_spec()]
     if tables is None:
-        return _finish("candidate_tower_embeddings", inner, inner_specs, outputs, cfg)
+        inner = CandidateTowerFromEmbeddings(retrieval, inner_specs, checked)
+        return _finish("candidate_tower_embeddings", inner, inner_specs, outputs, cfg, checked)
+    inner = CandidateTowerFromEmbeddings(retrieval, inner_specs)
     specs, lookups = candidate_hash_specs(retrieval, tables.vocab_sizes)
     return _finish("candidate_tower", WithLookup(inner, inner_specs, specs, tables, lookups), specs, outputs, cfg)
 

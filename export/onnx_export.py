@@ -6,7 +6,9 @@ silently fix dims they see as 1), then checks what it wrote and fails loudly whe
 - an input is named like a mask (the isolation must be inside the graph),
 - the graph does not pass `onnx.checker` (full check, with strict shape inference),
 - a bf16 graph computes Softmax / RMSNorm (ReduceMean, Sqrt, Reciprocal) or its float outputs in bf16.
-Constant folding is the exporter's onnxscript optimizer pass (`optimize=True`). Graphs whose weights
+Constant folding is the exporter's onnxscript optimizer pass (`optimize=True`); then `divide_by_sqrt` turns
+the RMSNorms' x * Reciprocal(Sqrt(v)) into x / Sqrt(v), the form ONNX Runtime fuses into one
+SimplifiedLayerNormalization kernel (measured: ~100 fewer operators per mini ranker call). Graphs whose weights
 exceed 2 GB (the protobuf limit) keep their weights in `<file>.data` next to the graph (external data).
 """
 from __future__ import annotations
@@ -64,6 +66,7 @@ def export_onnx(spec: GraphSpec, path, opset: int = OPSET, root=None, external_d
     program.save(str(path), external_data=external_data)
     del program
     model = onnx.load(str(path), load_external_data=False)
+    divide_by_sqrt(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     check_graph(model, spec, opset)
     onnx.save(model, str(path))            # keeps the external-data references as they are
@@ -73,6 +76,40 @@ def export_onnx(spec: GraphSpec, path, opset: int = OPSET, root=None, external_d
                     inputs=[t.to_dict() for t in spec.inputs], outputs=[t.to_dict() for t in spec.outputs],
                     files=[path.name + ".data"] if external_data else [],
                     info={"opset": opset, "export_s": round(time.perf_counter() - start, 2)})
+
+
+def divide_by_sqrt(model: onnx.ModelProto) -> int:
+    """Rewrite Mul(x, Reciprocal(Sqrt(v))) as Div(x, Sqrt(v)) wherever that Reciprocal feeds only the Mul;
+    returns how many. The same value up to float rounding (the build's parity check holds it to the
+    tolerance), in the pattern ONNX Runtime's SimplifiedLayerNormFusion recognises."""
+    graph = model.graph
+    producer = {out: n for n in graph.node for out in n.output}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for name in n.input:
+            uses[name] = uses.get(name, 0) + 1
+    for out in graph.output:
+        uses[out.name] = uses.get(out.name, 0) + 1
+    dropped = []
+    for node in graph.node:
+        if node.op_type != "Mul" or node.domain not in ("", "ai.onnx"):
+            continue
+        for side, name in enumerate(node.input):
+            recip = producer.get(name)
+            if recip is None or recip.op_type != "Reciprocal" or uses.get(name) != 1:
+                continue
+            sqrt = producer.get(recip.input[0])
+            if sqrt is None or sqrt.op_type != "Sqrt":
+                continue
+            other = node.input[1 - side]
+            node.op_type = "Div"
+            del node.input[:]
+            node.input.extend([other, recip.input[0]])
+            dropped.append(recip)
+            break
+    for recip in dropped:
+        graph.node.remove(recip)
+    return len(dropped)
 
 
 def write_cpu_bf16(artifact: Artifact, root) -> Artifact:

@@ -88,7 +88,8 @@ def python_engine_kind(target: str, built: set[str], requested: str | None) -> s
 def engine_record(graph, inputs: list[dict], lookups: dict, tables: str | None, target: str, engine: str) -> dict:
     host = target in HOST_TARGETS
     rec = {"graph": graph.name, "backend": "python" if host else PLATFORMS[target][0], "inputs": inputs,
-           "outputs": [t.to_dict() for t in graph.outputs]}
+           "outputs": [t.to_dict() for t in graph.outputs],
+           "input_checks": "graph" if graph.checked else "host"}   # where the out-of-range contract runs
     if host:
         rec["engine"] = engine
         if lookups:

@@ -183,12 +183,18 @@ def vqv_eligible(video_duration_ms: np.ndarray | None, batch_shape, min_video_du
 
 def combined_score(fields_: dict[str, np.ndarray], eligible: np.ndarray, params: ScoringParams) -> np.ndarray:
     """sum over fields of (value, 0 when NaN) * weight, in weighted_scorer.rs's order; the vqv weight only
-    where eligible (:44-67). A field's short name is its name without `_score`."""
+    where eligible (:44-67). A field's short name is its name without `_score`. The values are finite or NaN
+    (the inputs were checked), and the sum runs field by field in that order, as the Rust loop adds."""
     by_short = {name.removesuffix("_score"): values for name, values in fields_.items()}
+    values = np.stack([by_short[short] for short in params.order])            # [F, B, C]
+    values[np.isnan(values)] = 0.0                                              # a field the model lacks adds 0
+    weights = np.array([params.weights[short] for short in params.order])
+    terms = values * weights[:, None, None]
+    if "vqv" in params.order:
+        terms[params.order.index("vqv")] *= eligible
     total = np.zeros(eligible.shape, dtype=np.float64)
-    for short in params.order:
-        weight = np.where(eligible, params.weights[short], 0.0) if short == "vqv" else params.weights[short]
-        total = total + np.nan_to_num(by_short[short], nan=0.0) * weight
+    for term in terms:
+        total += term
     return total
 
 

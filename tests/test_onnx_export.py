@@ -268,6 +268,44 @@ def test_users_in_a_batch_do_not_affect_each_other(fp32):
         np.testing.assert_allclose(alone[0], together[i], atol=1e-5, rtol=0)
 
 
+def test_rmsnorm_is_exported_in_the_form_onnx_runtime_fuses(fp32, tmp_path):
+    """x * Reciprocal(Sqrt(v)) is written as x / Sqrt(v): ONNX Runtime then runs each RMSNorm as one
+    SimplifiedLayerNormalization kernel (the parity tests above hold the values to the fp32 tolerance)."""
+    import onnxruntime as ort
+    for name in ("ranker", "ranker_embeddings", "user_tower"):
+        path = fp32[name][2]
+        ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+        assert "Sqrt" in ops and "Reciprocal" not in ops, name
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(tmp_path / f"{name}.opt.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        fused = [n.op_type for n in onnx.load(opts.optimized_model_filepath, load_external_data=False).graph.node]
+        assert "SimplifiedLayerNormalization" in fused, name
+        if name.startswith("ranker"):   # every Sqrt of the ranker is an RMSNorm's (the towers also L2-normalise)
+            assert "Sqrt" not in fused, name
+
+
+def test_a_host_checked_graph_drops_only_the_checks(may, tmp_path):
+    """checked=False (graphs behind the engine host): the same logits on valid input, input_error always 0,
+    and none of the check operators in the graph."""
+    ranker, _ = may["models"]
+    (spec, engine, path), = _export([ranker_graph(ranker, checked=False)], tmp_path).values()
+    checked_spec, checked_engine, checked_path = may["ranker_embeddings"]
+    assert not spec.checked and checked_spec.checked
+    feed = spec.random_inputs({"B": 2, "C": 6}, seed=5)
+    got = engine({k: v.numpy() for k, v in feed.items()})
+    want = checked_engine({k: v.numpy() for k, v in feed.items()})
+    np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-6, rtol=0)
+    bad = {k: v.numpy().copy() for k, v in feed.items()}
+    bad["history_actions"][1, 0, 0] = 0.5                  # not multi-hot: only a checked graph flags it
+    assert engine(bad)["input_error"].tolist() == [0, 0]
+    assert checked_engine(bad)["input_error"].tolist()[1] != 0
+    ops = [n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node]
+    checked_ops = [n.op_type for n in onnx.load(str(checked_path), load_external_data=False).graph.node]
+    assert "IsNaN" in checked_ops and "IsNaN" not in ops and len(ops) < len(checked_ops)
+
+
 # ---------------------------------------------------------------------------------------------- input_error
 
 BAD_VALUES = {"user_hashes": VOCAB, "history_post_hashes": VOCAB + 5, "history_author_hashes": -1,
