@@ -168,10 +168,11 @@ def availability(device: str) -> dict[str, str | None]:
 
 
 def source_key(*parts) -> str:
+    """A cache key of `parts` and every source file an exported graph or a built repository depends on."""
     h = hashlib.sha256(repr(parts).encode())
     root = Path(__file__).resolve().parents[1]
-    for pkg in ("phoenix_torch", "export"):
-        for f in sorted((root / pkg).glob("*.py")):
+    for pattern in ("phoenix_torch/*.py", "export/*.py", "serving/*.py", "triton_repo/*/*/model.py"):
+        for f in sorted(root.glob(pattern)):   # a repository copies serving/ and triton_repo/ sources
             h.update(f.read_bytes())
     h.update(torch.__version__.encode())
     return h.hexdigest()[:16]
