@@ -406,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
                           "(engine_choice); gpu-python: tensorrt > aoti > torch > onnxruntime")
     rep.add_argument("--max-batch-size", type=int, default=k.DEFAULT_MAX_BATCH_SIZE,
                      help="users per request (Triton max_batch_size of every model)")
-    rep.add_argument("--max-candidates", type=int, default=1024,
+    rep.add_argument("--max-candidates", type=int, default=k.DEFAULT_MAX_CANDIDATES,
                      help="candidates per user the server accepts (enforced before any work)")
     rep.add_argument("--candidate-sizes", default="", metavar="C,C,...",
                      help="fixed candidate counts the client pads to (hash-0 candidates, exact), so native backends "

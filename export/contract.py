@@ -42,6 +42,7 @@ ENGINE_MODELS = (RANKER, RANKER_EMBEDDINGS, USER_TOWER, CANDIDATE_TOWER)
 SERVING_PACKAGES = {"phoenix_export": ("contract.py", "runtime.py"), "phoenix_serving": ("batching.py", "scoring.py")}
 
 DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_CANDIDATES = 1024
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
 
 

@@ -46,7 +46,7 @@ _DTYPES = {"int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP
 class RepositoryOptions:
     target: str = "cpu"
     max_batch_size: int = k.DEFAULT_MAX_BATCH_SIZE
-    max_candidates: int = 1024
+    max_candidates: int = k.DEFAULT_MAX_CANDIDATES
     candidate_sizes: tuple = ()
     max_request_bytes: int = k.DEFAULT_MAX_REQUEST_BYTES
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
