@@ -17,8 +17,8 @@ value outside its range: a hash outside [0, vocab) (or negative, without a table
 vocabulary, an action not 0/1, a non-finite float, a negative timestamp. Such values are replaced by 0
 before they are used, so no engine ever reads another row. Embeddings-in graphs built with `checked=False`
 (those only the Python engine host runs, after contract.check_request) skip these checks: input_error 0.
-Every module takes its inputs positionally in
-`GraphSpec.inputs` order and returns a tuple in `GraphSpec.outputs` order. Dims named "B" and "C" are
+Every module takes its inputs positionally in `GraphSpec.inputs` order and returns a tuple in
+`GraphSpec.outputs` order. Dims named "B" and "C" are
 dynamic; every other dim is fixed.
 """
 from __future__ import annotations
@@ -294,10 +294,9 @@ def ranker_graph(ranker: PhoenixModel, tables: HashEmbeddingTables | None = None
     cfg, sides = ranker.config, ("user", "history", "candidate")
     inner_specs, lookups = model_inputs(cfg, sides, None, embeddings=True)
     emb_fields = {s.name for s in inner_specs if s.name in lookups}
+    inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields, checked or tables is not None)
     if tables is None:
-        inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields, checked)
-        return _finish("ranker_embeddings", inner, inner_specs, ranker_outputs(cfg), cfg, checked)
-    inner = RankerFromEmbeddings(ranker, inner_specs, emb_fields)
+        return _finish("ranker_embeddings", inner, inner_specs, ranker_outputs(cfg), cfg, inner.checked)
     specs, _ = model_inputs(cfg, sides, tables.vocab_sizes, embeddings=False)
     return _finish("ranker", WithLookup(inner, inner_specs, specs, tables, lookups), specs, ranker_outputs(cfg), cfg)
 
@@ -308,10 +307,9 @@ def user_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddingTabl
     inner_specs, lookups = model_inputs(cfg, sides, None, embeddings=True)
     emb_fields = {s.name for s in inner_specs if s.name in lookups}
     outputs = [TensorSpec("user_representation", "float32", ("B", cfg.emb_size)), _error_spec()]
+    inner = UserTowerFromEmbeddings(retrieval, inner_specs, emb_fields, checked or tables is not None)
     if tables is None:
-        inner = UserTowerFromEmbeddings(retrieval, inner_specs, emb_fields, checked)
-        return _finish("user_tower_embeddings", inner, inner_specs, outputs, cfg, checked)
-    inner = UserTowerFromEmbeddings(retrieval, inner_specs, emb_fields)
+        return _finish("user_tower_embeddings", inner, inner_specs, outputs, cfg, inner.checked)
     specs, _ = model_inputs(cfg, sides, tables.vocab_sizes, embeddings=False)
     return _finish("user_tower", WithLookup(inner, inner_specs, specs, tables, lookups), specs, outputs, cfg)
 
@@ -323,10 +321,9 @@ def candidate_tower_graph(retrieval: PhoenixRetrievalModel, tables: HashEmbeddin
     feats = retrieval.candidate_features
     inner_specs = [embedding_spec(f, cfg, rows_only=True) for f in feats]
     outputs = [TensorSpec("candidate_representation", "float32", ("B", cfg.emb_size)), _error_spec()]
+    inner = CandidateTowerFromEmbeddings(retrieval, inner_specs, checked or tables is not None)
     if tables is None:
-        inner = CandidateTowerFromEmbeddings(retrieval, inner_specs, checked)
-        return _finish("candidate_tower_embeddings", inner, inner_specs, outputs, cfg, checked)
-    inner = CandidateTowerFromEmbeddings(retrieval, inner_specs)
+        return _finish("candidate_tower_embeddings", inner, inner_specs, outputs, cfg, inner.checked)
     specs, lookups = candidate_hash_specs(retrieval, tables.vocab_sizes)
     return _finish("candidate_tower", WithLookup(inner, inner_specs, specs, tables, lookups), specs, outputs, cfg)
 
