@@ -14,6 +14,8 @@ from benchmarks.env import environment
 from benchmarks.measure import Budget
 from phoenix_torch import PRESETS
 
+DEFAULT_CACHE = Path.home() / ".cache" / "phoenix_benchmarks"   # exported engines and built repositories
+
 FULL_CPU_COMMAND = report_mod.REPRODUCE["cpu"]
 
 
@@ -208,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "smoke test of the harness, not a measurement")
         p.add_argument("--cache-dir", default=None,
                        help="exported engines and built repositories are kept here between runs "
-                            "(default: ~/.cache/phoenix_benchmarks)")
+                            f"(default: {DEFAULT_CACHE})")
         p.add_argument("--seed", type=int, default=0, help="seed of the model weights and the inputs (default: 0)")
         p.add_argument("--note", default=None, help="a sentence printed at the top of the report (e.g. machine load)")
         if name in ("engine", "all"):
@@ -272,8 +274,7 @@ def _progress():
 
 def run_engine(args, out: Path, command: str) -> Path:
     sweep = engine_sweep(args)
-    if sweep.cache_dir is None:
-        sweep.cache_dir = str(Path.home() / ".cache" / "phoenix_benchmarks")
+    sweep.cache_dir = sweep.cache_dir or str(DEFAULT_CACHE)
     env = environment()
     with _progress() as progress:
         task = progress.add_task("engine mode", total=len(engine_mod.plan(sweep)))
@@ -289,8 +290,7 @@ def run_engine(args, out: Path, command: str) -> Path:
 
 def run_server(args, out: Path, command: str) -> Path:
     sweep = server_sweep(args)
-    if sweep.cache_dir is None:
-        sweep.cache_dir = str(Path.home() / ".cache" / "phoenix_benchmarks")
+    sweep.cache_dir = sweep.cache_dir or str(DEFAULT_CACHE)
     env = environment()
     with _progress() as progress:
         task = progress.add_task("server mode", total=server_mod.plan_steps(sweep))
