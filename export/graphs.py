@@ -162,6 +162,15 @@ def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec], checked
 # ---------------------------------------------------------------------------------------------
 # modules: embeddings in
 
+def batch_and_embeddings(inputs, specs: list[TensorSpec], embedding_fields: set[str], checked: bool):
+    """Checked (or not) positional inputs -> (RecsysBatch, RecsysEmbeddings, input_error)."""
+    values, error = check_and_clamp(list(inputs), specs, checked)
+    named = {s.name: v for s, v in zip(specs, values)}
+    emb = RecsysEmbeddings(**{k: v for k, v in named.items() if k in embedding_fields})
+    batch = RecsysBatch(**{k: v for k, v in named.items() if k not in embedding_fields})
+    return batch, emb, error
+
+
 class RankerFromEmbeddings(nn.Module):
     """Ranker inputs (see embeddings_inputs) -> (logits, [continuous_preds], input_error)."""
 
@@ -170,10 +179,7 @@ class RankerFromEmbeddings(nn.Module):
         self.model, self.specs, self.embedding_fields, self.checked = model, specs, embedding_fields, checked
 
     def forward(self, *inputs):
-        values, error = check_and_clamp(list(inputs), self.specs, self.checked)
-        named = {s.name: v for s, v in zip(self.specs, values)}
-        emb = RecsysEmbeddings(**{k: v for k, v in named.items() if k in self.embedding_fields})
-        batch = RecsysBatch(**{k: v for k, v in named.items() if k not in self.embedding_fields})
+        batch, emb, error = batch_and_embeddings(inputs, self.specs, self.embedding_fields, self.checked)
         out = self.model(batch, emb)
         extra = (out.continuous_preds.float(),) if out.continuous_preds is not None else ()
         return (out.logits.float(), *extra, error)
@@ -188,10 +194,7 @@ class UserTowerFromEmbeddings(nn.Module):
         self.retrieval, self.specs, self.embedding_fields, self.checked = retrieval, specs, embedding_fields, checked
 
     def forward(self, *inputs):
-        values, error = check_and_clamp(list(inputs), self.specs, self.checked)
-        named = {s.name: v for s, v in zip(self.specs, values)}
-        emb = RecsysEmbeddings(**{k: v for k, v in named.items() if k in self.embedding_fields})
-        batch = RecsysBatch(**{k: v for k, v in named.items() if k not in self.embedding_fields})
+        batch, emb, error = batch_and_embeddings(inputs, self.specs, self.embedding_fields, self.checked)
         return self.retrieval.user_representation(batch, emb).float(), error
 
 
