@@ -16,7 +16,8 @@ What the launcher adds to tritonserver:
 - it supervises the Python-backend stub processes (serving/supervisor.py): when one dies (a crash, an OOM
   kill), it unloads and loads that model through the repository API, so requests work again within seconds
   (about 2 s for the demo build), while readiness is red until the model is back; the ensembles that use the
-  model come back with it; the dead stub's shared-memory region is removed; every such event is logged;
+  model come back with it; the dead stub's shared-memory region is removed; every such event is logged; a
+  stub that hangs (stopped, or requests waiting while none finishes, for `--hang-timeout` s) is killed first;
 - it gives the stubs' shared-memory regions a prefix of its own and removes any left on stop;
 - a server that exits after it was ready is reported as a crash (exit code or signal, uptime, last lines).
 
@@ -207,7 +208,8 @@ class TritonServer:
                  grpc_port: int | None = None, metrics_port: int | None = None,
                  startup_timeout: float = 300.0, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, check_ports: bool = True, supervise: bool = True,
-                 model_control: str = "explicit", on_event=None, python: str | Path | None = None):
+                 model_control: str = "explicit", on_event=None, python: str | Path | None = None,
+                 hang_timeout: float = 30.0):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.ports = {"HTTP": http_port or free_port(host), "gRPC": grpc_port or free_port(host),
@@ -220,6 +222,7 @@ class TritonServer:
         self.model_control = model_control
         self.on_event = on_event or (lambda message: None)
         self.python = python  # the interpreter whose environment the Python-backend stubs run in
+        self.hang_timeout = hang_timeout  # seconds before a stopped or stuck model process is killed (0: never)
         self.shm_prefix = f"phoenix{os.getpid()}x{free_port(host)}_"
         self._temp_log = False
         self.process: subprocess.Popen | None = None
@@ -264,7 +267,8 @@ class TritonServer:
         self.ready_at = time.monotonic()
         if self.supervise:
             self.supervisor = StubSupervisor(self.process.pid, f"http://{self.http_url}", self.on_event,
-                                             load_timeout=self.startup_timeout).start()
+                                             load_timeout=self.startup_timeout, metrics_url=self.metrics_url,
+                                             hang_timeout=self.hang_timeout).start()
         return self
 
     @property
@@ -361,6 +365,10 @@ def main(argv=None):
                          "tritonserver's own modes (no healing)")
     ap.add_argument("--no-supervise", action="store_true",
                     help="do not watch the Python-backend stub processes (no automatic reload after a crash)")
+    ap.add_argument("--hang-timeout", type=float, default=30.0,
+                    help="seconds a model process may stay stopped, or a model keep requests waiting without "
+                         "finishing any, before the supervisor kills that process and reloads the model "
+                         "(default: 30; 0: never)")
     ap.add_argument("--trt-version-compatible", action="store_true",
                     help="let the TensorRT backend load version-compatible plans (built with "
                          "--trt-version-compatible): --backend-config=tensorrt,version-compatible=true")
@@ -383,7 +391,7 @@ def main(argv=None):
                           startup_timeout=args.startup_timeout, extra_args=extra, log_path=args.log_file,
                           supervise=not args.no_supervise, model_control=args.model_control_mode,
                           on_event=lambda message: print(f"[supervisor] {message}", flush=True),
-                          python=args.python)
+                          python=args.python, hang_timeout=args.hang_timeout)
     print(f"starting tritonserver on {server.model_repository} ...", flush=True)
     t0 = time.monotonic()
     try:

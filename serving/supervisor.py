@@ -19,6 +19,16 @@ healthy"), those sent during the reload get 400/404 "unknown model" or "not read
 unload until the load completes. A load that fails is retried with backoff (2, 4, ... 60 s) while readiness
 stays red. A server that is gone or exiting is never "healed": the launcher reports its crash.
 
+A stub can also hang rather than die. The supervisor treats two kinds of hang as a death: it kills the
+model's stubs (SIGKILL) and heals the model as above.
+- stopped: the stub's process has been stopped (state T, e.g. SIGSTOP or a cgroup freezer) for `hang_timeout`
+  seconds. Triton then answers every request to the model with "Stub process ... is not healthy", for good.
+- stuck: requests wait for the model (Triton's metric nv_inference_pending_request_count > 0) and none of its
+  requests has finished, well or with an error, for `hang_timeout` seconds (an execute() that never returns;
+  Triton then waits for it for good). This needs Triton's metrics endpoint (`metrics_url`); a model with
+  several instances of which only one is stuck still finishes requests and is not noticed.
+The default 30 s is far above the longest legitimate engine call within the build's limits.
+
 Why a supervisor and not a health model: a probe request would only notice the failure, and in-band healing from
 inside Triton is not possible; the launcher owns the process tree anyway.
 
@@ -32,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -91,6 +103,20 @@ def stubs(server_pid: int) -> dict[int, Stub]:
     return out
 
 
+METRIC = re.compile(r'^(nv_inference_pending_request_count|nv_inference_request_success|nv_inference_request_failure)'
+                    r'\{[^}]*\bmodel="([^"]+)"[^}]*\}\s+(\S+)', re.M)
+
+
+def model_progress(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """{model: (requests waiting, requests finished)} from Triton's Prometheus text (all versions summed;
+    finished = succeeded + failed for any reason)."""
+    out: dict[str, list[float]] = {}
+    for name, model, value in METRIC.findall(metrics_text):
+        row = out.setdefault(model, [0.0, 0.0])
+        row[0 if name.endswith("pending_request_count") else 1] += float(value)
+    return {m: (w, f) for m, (w, f) in out.items()}
+
+
 def http_request(url: str, data: bytes | None = None, timeout: float = 10.0) -> tuple[int, str]:
     """(HTTP status, body); status 0 when the server cannot be reached."""
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
@@ -117,8 +143,13 @@ class StubSupervisor:
     `events`: one dict per heal attempt {"model", "pids", "reloaded", "seconds", "time", "attempt", "error"}."""
 
     def __init__(self, server_pid: int, http_base: str, on_event=print, interval: float = 0.5,
-                 load_timeout: float = 300.0, max_backoff: float = 60.0, grace: float = 1.5):
+                 load_timeout: float = 300.0, max_backoff: float = 60.0, grace: float = 1.5,
+                 metrics_url: str | None = None, hang_timeout: float = 30.0):
         self.pid, self.base, self.on_event, self.interval = server_pid, http_base.rstrip("/"), on_event, interval
+        self.metrics_url, self.hang_timeout = metrics_url, hang_timeout     # hang_timeout 0: no hang watch
+        self.stopped_since: dict[int, float] = {}           # stub pid -> when it was first seen stopped
+        self.stuck_since: dict[str, tuple[float, float]] = {}  # model -> (finished count, since) while some wait
+        self._metrics_ok = True
         self.load_timeout, self.max_backoff = load_timeout, max_backoff
         self.known: dict[int, Stub] = {}
         self.suspects: dict[int, tuple[Stub, float]] = {}   # vanished stubs not yet replaced: pid -> (stub, since)
@@ -199,12 +230,73 @@ class StubSupervisor:
                                [m for m, st in states.items() if st == "READY"], attempt=1)
                 # else: the model was unloaded on purpose (or is being reloaded by someone): leave it
             live = stubs(self.pid)
+        if self.hang_timeout > 0:
+            self._kill_hung(live, now)
         for model, p in list(self.pending.items()):
             if now >= p["due"] and self._server_up():
                 del self.pending[model]
                 self._heal(model, p["pids"], p["regions"], p["ready_before"], p["attempt"] + 1)
                 live = stubs(self.pid)
         self.known = live
+
+    # ------------------------------------------------------------------ hangs
+    def _hung(self, live: dict[int, Stub], now: float) -> dict[str, str]:
+        """{model: why} for the models whose stubs hang (see the module doc); updates the watch state."""
+        hung = {}
+        self.stopped_since = {pid: self.stopped_since.get(pid, now) for pid in live if _state(pid) in ("T", "t")}
+        for pid, since in self.stopped_since.items():
+            if now - since >= self.hang_timeout:
+                hung[live[pid].model] = f"its process (pid {pid}) has been stopped for {now - since:.0f} s"
+        progress = self._progress()
+        if progress is None:
+            return hung
+        watched = {s.model for s in live.values()}
+        for model in list(self.stuck_since):
+            if model not in watched or progress.get(model, (0, 0))[0] <= 0:
+                del self.stuck_since[model]                  # nothing waits (or no stub): nothing to watch
+        for model in watched:
+            waiting, finished = progress.get(model, (0.0, 0.0))
+            if waiting <= 0:
+                continue
+            done, since = self.stuck_since.get(model, (None, now))
+            if done != finished:
+                self.stuck_since[model] = (finished, now)    # it finished something: the clock restarts
+            elif now - since >= self.hang_timeout:
+                hung.setdefault(model, f"{waiting:.0f} request(s) have waited {now - since:.0f} s and none of "
+                                       f"its requests finished meanwhile")
+        return hung
+
+    def _progress(self) -> dict[str, tuple[float, float]] | None:
+        if not self.metrics_url:
+            return None
+        status, body = http_request(self.metrics_url, timeout=5)
+        if status != 200:
+            if self._metrics_ok:
+                self.on_event(f"cannot read Triton's metrics at {self.metrics_url} (HTTP {status}): a model "
+                              f"whose execute() never returns is not noticed until they can be read")
+            self._metrics_ok = False
+            return None
+        self._metrics_ok = True
+        return model_progress(body)
+
+    def _kill_hung(self, live: dict[int, Stub], now: float):
+        hung = self._hung(live, now)
+        if not hung or not self._server_up():
+            return
+        states = self.index() or {}
+        for model, why in sorted(hung.items()):
+            if states.get(model) != "READY" or model in self.pending:
+                continue                                     # being loaded, unloaded or healed: leave it
+            pids = [pid for pid, s in live.items() if s.model == model]
+            self.on_event(f"model {model!r} hangs: {why}; killing its process (pid "
+                          f"{', '.join(map(str, pids))}) to reload it")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)             # the next looks see it gone and heal the model
+                except ProcessLookupError:
+                    pass
+                self.stopped_since.pop(pid, None)
+            self.stuck_since.pop(model, None)
 
     # ------------------------------------------------------------------ heal
     def _heal(self, model: str, pids: list[int], regions: list[str], ready_before: list[str], attempt: int):
@@ -266,6 +358,13 @@ def main(argv=None) -> int:
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between looks at the stubs (default: 0.5)")
     ap.add_argument("--load-timeout", type=float, default=600.0,
                     help="seconds one model reload may take (default: 600)")
+    ap.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics",
+                    help="tritonserver's Prometheus metrics as reachable from here, read to notice a model whose "
+                         "requests wait while none finishes (default: http://127.0.0.1:8002/metrics)")
+    ap.add_argument("--hang-timeout", type=float, default=30.0,
+                    help="seconds a model process may stay stopped, or a model keep requests waiting without "
+                         "finishing any, before its process is killed and the model reloaded (default: 30; "
+                         "0: never)")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the tritonserver command line")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -287,7 +386,8 @@ def main(argv=None) -> int:
     supervisor = None
     if server.poll() is None:
         log("tritonserver is ready; watching its model processes")
-        supervisor = StubSupervisor(server.pid, args.http_url, log, args.interval, args.load_timeout).start()
+        supervisor = StubSupervisor(server.pid, args.http_url, log, args.interval, args.load_timeout,
+                                    metrics_url=args.metrics_url, hang_timeout=args.hang_timeout).start()
     code = server.wait()
     if supervisor is not None:
         supervisor.stop()

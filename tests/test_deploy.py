@@ -311,8 +311,9 @@ def test_server_command_flags():
                  "--strict-readiness=true", "--exit-on-error=true",
                  "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"):
         assert flag in argv, f"{flag} missing from the server command {argv}"
-    assert server_command()[2].startswith("exec python3 /opt/phoenix/supervisor.py --http-url http://127.0.0.1:8000 -- "
-                                          "tritonserver "), "exec: the supervisor gets SIGTERM and forwards it"
+    assert server_command()[2].startswith("exec python3 /opt/phoenix/supervisor.py --http-url http://127.0.0.1:8000 "
+                                          "--metrics-url http://127.0.0.1:8002/metrics -- tritonserver "), \
+        "exec: the supervisor gets SIGTERM and forwards it; it reads the ports the server command opens"
     assert "${TRITON_EXTRA_ARGS}" in server_command()[2]
 
 

@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,7 @@ def events():
 
 @pytest.fixture(scope="module")
 def server(repo, events):
-    with TritonServer(repo, on_event=events.append) as s:
+    with TritonServer(repo, on_event=events.append, hang_timeout=HANG_TIMEOUT) as s:
         yield s
 
 
@@ -558,6 +559,147 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
     assert p.returncode == 0 or (p.returncode == 1 and "Exit timeout expired" in err), err[-3000:]
     assert f"'{contract.RANKER}' reloaded" in err, err[-3000:]
     assert not Path(f"/proc/{triton[0]}").exists() or "Z" in Path(f"/proc/{triton[0]}/stat").read_text()
+
+
+# ------------------------------------------------------------------------------------------ a hung model process
+
+HANG_TIMEOUT = 8.0          # the module server's --hang-timeout
+
+
+def test_a_stopped_model_process_is_killed_and_reloaded(server, client, events):
+    """A stub that stops (SIGSTOP, a cgroup freezer) is alive but answers nothing: Triton fails every request to
+    its model as "not healthy", for good. The supervisor kills it after the hang timeout and heals the model."""
+    model = contract.POSTPROCESS
+    arrays = request_arrays(client, seed=300)
+    ok, expected = infer(server.grpc_url, arrays)
+    assert ok, expected
+    before = len(events)
+    pid, _ = stub_of(server.process.pid, model)
+    os.kill(pid, signal.SIGSTOP)
+    t0 = time.monotonic()
+    try:
+        ok, out = False, None
+        while not ok and time.monotonic() - t0 < HANG_TIMEOUT + 60:
+            time.sleep(0.5)
+            ok, out = infer(server.grpc_url, arrays, timeout=30)
+    finally:
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)           # never leave a stopped stub to the next tests
+    assert ok, f"not serving {HANG_TIMEOUT + 60:.0f} s after stopping {model}'s process: {out}"
+    assert same_answer(out, expected), "another answer after the reload"
+    assert time.monotonic() - t0 >= HANG_TIMEOUT, "healed before the hang timeout: was the process stopped?"
+    said = events[before:]
+    assert any(f"'{model}' hangs: its process (pid {pid}) has been stopped" in e for e in said), said
+    assert any(f"'{model}' reloaded" in e for e in said), said
+
+
+SLEEPY_CONFIG = """name: "sleepy"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_INT32, dims: [ 1 ] } ]
+output [ { name: "Y", data_type: TYPE_INT32, dims: [ 1 ] } ]
+instance_group [ { count: 1, kind: KIND_CPU } ]
+"""
+SLEEPY_MODEL = """import threading
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    \"\"\"Y = X; X = 1 never returns (a hung execute), X = 2 takes one second.\"\"\"
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            if x[0] == 1:
+                threading.Event().wait()
+            if x[0] == 2:
+                time.sleep(1.0)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x)]))
+        return responses
+"""
+SLEEPY_HANG_TIMEOUT = 3.0
+
+
+@pytest.fixture(scope="module")
+def sleepy(tmp_path_factory):
+    """A one-model repository whose Python model can hang, served as in the container: tritonserver under
+    serving/supervisor.py copied alone, here with --hang-timeout 3. Yields (HTTP url, the supervisor's log)."""
+    import shutil
+    from serving.server import free_port, server_command
+
+    root = tmp_path_factory.mktemp("sleepy")
+    (root / "repo" / "sleepy" / "1").mkdir(parents=True)
+    (root / "repo" / "sleepy" / "config.pbtxt").write_text(SLEEPY_CONFIG)
+    (root / "repo" / "sleepy" / "1" / "model.py").write_text(SLEEPY_MODEL)
+    shutil.copy(ROOT / "serving" / "supervisor.py", root / "supervisor.py")
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    cmd, env = server_command(root / "repo", http, grpc, metrics, extra_args=[
+        "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true",
+        "--exit-timeout-secs=3"])       # on stop, do not wait long for the killed instance's unload
+    log = root / "supervisor.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, str(root / "supervisor.py"), "--http-url", f"http://127.0.0.1:{http}",
+                              "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
+                              "--hang-timeout", str(SLEEPY_HANG_TIMEOUT), "--", *cmd],
+                             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while "watching its model processes" not in log.read_text(errors="replace"):
+            assert p.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{http}", log
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def sleepy_call(url: str, x: int) -> tuple[bool, object]:
+    import tritonclient.http as httpclient
+
+    with httpclient.InferenceServerClient(url, connection_timeout=60, network_timeout=60) as c:
+        tensor = httpclient.InferInput("X", [1], "INT32")
+        tensor.set_data_from_numpy(np.array([x], np.int32))
+        try:
+            return True, int(c.infer("sleepy", [tensor]).as_numpy("Y")[0])
+        except Exception as e:  # noqa: BLE001 - the answer under test
+            return False, str(e)
+
+
+def test_a_slow_model_that_keeps_finishing_is_left_alone(sleepy):
+    """Six 1-second requests in one instance keep requests waiting for 5 s, longer than the hang timeout; the
+    model finishes one every second, so it is not a hang."""
+    url, log = sleepy
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: sleepy_call(url, 2), range(6)))
+    assert answers == [(True, 2)] * 6, answers
+    assert "hangs" not in log.read_text(errors="replace")
+
+
+def test_a_model_whose_execute_never_returns_is_killed_and_reloaded(sleepy):
+    """execute() never returns: Triton waits for it for good, and the requests behind it too. Once requests
+    have waited the hang timeout with none finished, the supervisor kills the process and reloads the model."""
+    url, log = sleepy
+    with ThreadPoolExecutor(2) as pool:
+        hung = pool.submit(sleepy_call, url, 1)
+        time.sleep(0.5)
+        behind = pool.submit(sleepy_call, url, 7)
+        ok_hung, _ = hung.result(timeout=90)          # both end: with an error, once the process is killed
+        ok_behind, _ = behind.result(timeout=90)
+    assert not ok_hung
+    deadline = time.monotonic() + 60
+    while "'sleepy' reloaded" not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.2)
+    assert sleepy_call(url, 5) == (True, 5)
+    text = log.read_text(errors="replace")
+    assert "model 'sleepy' hangs: 1 request(s) have waited" in text, text
 
 
 # ------------------------------------------------------------------------------------------ measurement
