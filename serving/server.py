@@ -45,7 +45,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from serving.supervisor import SHM, StubSupervisor, stop_with_parent
+from serving.supervisor import HANG_TIMEOUT, HANG_TIMEOUT_HELP, SHM, StubSupervisor, stop_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -209,7 +209,7 @@ class TritonServer:
                  startup_timeout: float = 300.0, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, check_ports: bool = True, supervise: bool = True,
                  model_control: str = "explicit", on_event=None, python: str | Path | None = None,
-                 hang_timeout: float = 30.0):
+                 hang_timeout: float = HANG_TIMEOUT):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
         self.ports = {"HTTP": http_port or free_port(host), "gRPC": grpc_port or free_port(host),
@@ -365,10 +365,7 @@ def main(argv=None):
                          "tritonserver's own modes (no healing)")
     ap.add_argument("--no-supervise", action="store_true",
                     help="do not watch the Python-backend stub processes (no automatic reload after a crash)")
-    ap.add_argument("--hang-timeout", type=float, default=30.0,
-                    help="seconds a model process may stay stopped, or a model keep requests waiting without "
-                         "finishing any, before the supervisor kills that process and reloads the model "
-                         "(default: 30; 0: never)")
+    ap.add_argument("--hang-timeout", type=float, default=HANG_TIMEOUT, help=HANG_TIMEOUT_HELP)
     ap.add_argument("--trt-version-compatible", action="store_true",
                     help="let the TensorRT backend load version-compatible plans (built with "
                          "--trt-version-compatible): --backend-config=tensorrt,version-compatible=true")

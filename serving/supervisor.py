@@ -27,7 +27,7 @@ model's stubs (SIGKILL) and heals the model as above.
   requests has finished, well or with an error, for `hang_timeout` seconds (an execute() that never returns;
   Triton then waits for it for good). This needs Triton's metrics endpoint (`metrics_url`); a model with
   several instances of which only one is stuck still finishes requests and is not noticed.
-The default 30 s is far above the longest legitimate engine call within the build's limits.
+The default, HANG_TIMEOUT, is far above the longest legitimate engine call within the build's limits.
 
 Why a supervisor and not a health model: a probe request would only notice the failure, and in-band healing from
 inside Triton is not possible; the launcher owns the process tree anyway.
@@ -55,6 +55,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STUB = "triton_python_backend_stub"
+HANG_TIMEOUT = 30.0     # seconds; far above the longest legitimate engine call within a build's limits
+HANG_TIMEOUT_HELP = (f"seconds a model process may stay stopped, or a model keep requests waiting without finishing "
+                     f"any, before its process is killed and the model reloaded (default: {HANG_TIMEOUT:.0f}; "
+                     f"0: never)")
 SHM = Path("/dev/shm")
 
 
@@ -144,7 +148,7 @@ class StubSupervisor:
 
     def __init__(self, server_pid: int, http_base: str, on_event=print, interval: float = 0.5,
                  load_timeout: float = 300.0, max_backoff: float = 60.0, grace: float = 1.5,
-                 metrics_url: str | None = None, hang_timeout: float = 30.0):
+                 metrics_url: str | None = None, hang_timeout: float = HANG_TIMEOUT):
         self.pid, self.base, self.on_event, self.interval = server_pid, http_base.rstrip("/"), on_event, interval
         self.metrics_url, self.hang_timeout = metrics_url, hang_timeout     # hang_timeout 0: no hang watch
         self.stopped_since: dict[int, float] = {}           # stub pid -> when it was first seen stopped
@@ -250,20 +254,19 @@ class StubSupervisor:
         progress = self._progress()
         if progress is None:
             return hung
-        watched = {s.model for s in live.values()}
-        for model in list(self.stuck_since):
-            if model not in watched or progress.get(model, (0, 0))[0] <= 0:
-                del self.stuck_since[model]                  # nothing waits (or no stub): nothing to watch
-        for model in watched:
+        stuck = {}                                           # only models with a stub and requests waiting
+        for model in {s.model for s in live.values()}:
             waiting, finished = progress.get(model, (0.0, 0.0))
             if waiting <= 0:
                 continue
-            done, since = self.stuck_since.get(model, (None, now))
+            done, since = self.stuck_since.get(model, (finished, now))
             if done != finished:
-                self.stuck_since[model] = (finished, now)    # it finished something: the clock restarts
-            elif now - since >= self.hang_timeout:
+                since = now                                  # it finished something: the clock restarts
+            stuck[model] = (finished, since)
+            if now - since >= self.hang_timeout:
                 hung.setdefault(model, f"{waiting:.0f} request(s) have waited {now - since:.0f} s and none of "
                                        f"its requests finished meanwhile")
+        self.stuck_since = stuck
         return hung
 
     def _progress(self) -> dict[str, tuple[float, float]] | None:
@@ -361,10 +364,7 @@ def main(argv=None) -> int:
     ap.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics",
                     help="tritonserver's Prometheus metrics as reachable from here, read to notice a model whose "
                          "requests wait while none finishes (default: http://127.0.0.1:8002/metrics)")
-    ap.add_argument("--hang-timeout", type=float, default=30.0,
-                    help="seconds a model process may stay stopped, or a model keep requests waiting without "
-                         "finishing any, before its process is killed and the model reloaded (default: 30; "
-                         "0: never)")
+    ap.add_argument("--hang-timeout", type=float, default=HANG_TIMEOUT, help=HANG_TIMEOUT_HELP)
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- then the tritonserver command line")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

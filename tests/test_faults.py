@@ -14,6 +14,7 @@ is refused by Triton core ("input byte size mismatch"), a JSON value above 2^31 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -511,28 +512,46 @@ def test_launcher_reports_a_crash_after_ready_as_a_crash(repo, tmp_path):
     assert not [r for r in regions if (SHM / r).exists()], "shared-memory regions left behind"
 
 
-def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
-    """deploy/Dockerfile's entry point: serving/supervisor.py copied alone (stdlib only, no project code) runs
-    tritonserver with the image's flags as its child, heals a killed model process, and stops on SIGTERM."""
+@contextlib.contextmanager
+def entry_point(repo: Path, folder: Path, server_args: list[str], supervisor_args: list[str] = ()):
+    """deploy/Dockerfile's entry point: serving/supervisor.py copied alone into `folder` (stdlib only, no project
+    code) runs tritonserver with the image's flags plus `server_args` as its child. Yields (process, HTTP url,
+    gRPC url, log) once the supervisor watches; stops it with SIGTERM unless the test already did."""
     import shutil
     from serving.server import free_port, server_command
 
-    script = tmp_path / "supervisor.py"
+    script = folder / "supervisor.py"
     shutil.copy(ROOT / "serving" / "supervisor.py", script)
     http, grpc, metrics = free_port(), free_port(), free_port()
     cmd, env = server_command(repo, http, grpc, metrics, extra_args=[
-        "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true", "--exit-on-error=true"])
-    log = tmp_path / "container.log"
+        "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true", *server_args])
+    log = folder / "container.log"
     with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, str(script), "--http-url", f"http://127.0.0.1:{http}", "--", *cmd],
-                             cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        p = subprocess.Popen([sys.executable, str(script), "--http-url", f"http://127.0.0.1:{http}",
+                              "--metrics-url", f"http://127.0.0.1:{metrics}/metrics", *supervisor_args, "--", *cmd],
+                             cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
         while "watching its model processes" not in log.read_text(errors="replace"):
-            assert p.poll() is None and time.monotonic() < deadline, "the server never became ready"
-            time.sleep(0.5)
-        assert http_status(f"127.0.0.1:{http}", "/v2/health/ready") == 200
-        with PhoenixClient(f"127.0.0.1:{grpc}") as client:
+            assert p.poll() is None and time.monotonic() < deadline, \
+                "the server never became ready: " + log.read_text(errors="replace")[-3000:]
+            time.sleep(0.2)
+        yield p, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", log
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()                   # tritonserver gets SIGINT when its parent dies (PR_SET_PDEATHSIG)
+                p.wait()
+
+
+def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
+    """The container's entry point heals a killed model process, and stops on SIGTERM."""
+    with entry_point(repo, tmp_path, ["--exit-on-error=true"]) as (p, http, grpc, log):
+        assert http_status(http, "/v2/health/ready") == 200
+        with PhoenixClient(grpc) as client:
             request = demo_request(client.actions, seed=5, num_candidates=6)
             before = client.score(**request).ranking
             triton = _children(p.pid)
@@ -548,10 +567,6 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
         assert after == before, "not serving the same answer again 60 s after the kill"
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()                       # tritonserver gets SIGINT when its parent dies (PR_SET_PDEATHSIG)
-            p.wait()
     err = log.read_text(errors="replace")
     assert "Signal (15) received" in err, "SIGTERM was not forwarded to tritonserver"
     # 0, or 1 when the killed instance's unload still waits for its dead stub (Triton's stub timeout, 30 s)
@@ -625,39 +640,16 @@ SLEEPY_HANG_TIMEOUT = 3.0
 
 @pytest.fixture(scope="module")
 def sleepy(tmp_path_factory):
-    """A one-model repository whose Python model can hang, served as in the container: tritonserver under
-    serving/supervisor.py copied alone, here with --hang-timeout 3. Yields (HTTP url, the supervisor's log)."""
-    import shutil
-    from serving.server import free_port, server_command
-
+    """A one-model repository whose Python model can hang, served by the container's entry point with
+    --hang-timeout 3. Yields (HTTP url, the supervisor's log)."""
     root = tmp_path_factory.mktemp("sleepy")
     (root / "repo" / "sleepy" / "1").mkdir(parents=True)
     (root / "repo" / "sleepy" / "config.pbtxt").write_text(SLEEPY_CONFIG)
     (root / "repo" / "sleepy" / "1" / "model.py").write_text(SLEEPY_MODEL)
-    shutil.copy(ROOT / "serving" / "supervisor.py", root / "supervisor.py")
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    cmd, env = server_command(root / "repo", http, grpc, metrics, extra_args=[
-        "--model-control-mode=explicit", "--load-model=*", "--strict-readiness=true",
-        "--exit-timeout-secs=3"])       # on stop, do not wait long for the killed instance's unload
-    log = root / "supervisor.log"
-    with open(log, "w") as out:
-        p = subprocess.Popen([sys.executable, str(root / "supervisor.py"), "--http-url", f"http://127.0.0.1:{http}",
-                              "--metrics-url", f"http://127.0.0.1:{metrics}/metrics",
-                              "--hang-timeout", str(SLEEPY_HANG_TIMEOUT), "--", *cmd],
-                             cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while "watching its model processes" not in log.read_text(errors="replace"):
-            assert p.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.2)
-        yield f"127.0.0.1:{http}", log
-    finally:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    # on stop, do not wait long for the killed instance's unload
+    with entry_point(root / "repo", root, ["--exit-timeout-secs=3"],
+                     ["--hang-timeout", str(SLEEPY_HANG_TIMEOUT)]) as (_, http, _, log):
+        yield http, log
 
 
 def sleepy_call(url: str, x: int) -> tuple[bool, object]:
