@@ -1,7 +1,7 @@
 """Export one serving graph for a runtime engine kind with `export`'s own build functions.
 
 `export_for(kind, graph, folder, device)` writes the ONNX graph (and, for aoti / tensorrt, the compiled
-engine) plus a `manifest.json` into `folder`, so `export.runtime.load_engine(folder, model=graph.name,
+engine) plus a `manifest.json` into `folder`, so `phoenix_runtime.engines.load_engine(folder, model=graph.name,
 kind=...)` loads it exactly as the serving host does. A folder that already holds a manifest is reused (the
 caller names folders by a hash of the model, the sources and torch's version). The folder appears whole or
 not at all: everything is written to a staging folder next to it, then renamed.
@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from export import contract
+from phoenix_runtime.manifest import FORMAT, MANIFEST, RANKER, model_path, write_manifest
+from phoenix_runtime.request import Limits
 
 TRT_PROFILE = "B=1:8:512,C=1:64:1024"   # covers every B and C the engine mode measures
 
@@ -21,11 +22,11 @@ def export_for(kind: str, graph, folder, device: str = "cpu") -> Path:
     from export.onnx_export import export_onnx, write_cpu_bf16
 
     folder = Path(folder)
-    if (folder / contract.MANIFEST).exists():
+    if (folder / MANIFEST).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    model_dir = stage / contract.model_path(contract.RANKER, "")
+    model_dir = stage / model_path(RANKER, "")
     try:
         artifacts = []
         if kind in ("onnxruntime", "tensorrt"):
@@ -40,12 +41,12 @@ def export_for(kind: str, graph, folder, device: str = "cpu") -> Path:
                              .with_file_info(stage))
         elif kind == "tensorrt":
             from export.engines import TensorRTOptions, build_tensorrt_plan
-            limits = contract.Limits(512, 1024, 1)     # the plan's profile covers B <= 512, C <= 1024
+            limits = Limits(512, 1024, 1)     # the plan's profile covers B <= 512, C <= 1024
             artifacts.append(build_tensorrt_plan(graph, artifacts[0], model_dir, stage, TensorRTOptions(TRT_PROFILE),
                                                  limits).with_file_info(stage))
         elif kind != "onnxruntime":
             raise ValueError(f"engine kind {kind!r} has no exported artifact")
-        contract.write_manifest(stage, {"format": contract.FORMAT, "preset": "benchmark", "precision": graph.precision,
+        write_manifest(stage, {"format": FORMAT, "preset": "benchmark", "precision": graph.precision,
                                         "target": device, "served": {}, "limits": {}, "model_config": {},
                                         "artifacts": [a.to_dict() for a in artifacts]})
         if folder.exists():

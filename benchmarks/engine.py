@@ -9,9 +9,9 @@ transformer, unembedding; outputs logits and input_error), built from `phoenix_t
 | torch_compile | `torch.compile(module, dynamic=True)` (one compile serves every B and C) |
 | cuda_graph | the eager module captured once per input shape in a CUDA graph (`torch.cuda.graph`), replayed (CUDA only) |
 | torch_compile_cuda_graph | the torch_compile module (same compilation) captured the same way (CUDA only) |
-| onnxruntime, aoti, tensorrt | exported by `export`'s own functions into a cache folder, loaded with `export.runtime` |
+| onnxruntime, aoti, tensorrt | exported by `export`'s own functions into a cache folder, loaded with `phoenix_runtime.engines` |
 
-An engine that cannot run here is recorded with its reason (`export.runtime.available_engines()`, or the
+An engine that cannot run here is recorded with its reason (`phoenix_runtime.engines.available_engines()`, or the
 error it raised while building) and the sweep goes on. Torch engines are fed tensors already on the device;
 runtime engines are fed numpy arrays on CPU (what a serving host hands them) and device tensors on CUDA;
 their outputs come back as numpy arrays (the runtime interface), so their times include that copy.
@@ -27,26 +27,24 @@ import gc
 import hashlib
 import time
 import traceback
-from fnmatch import fnmatch
 from dataclasses import asdict, dataclass, field, replace
+from fnmatch import fnmatch
 from pathlib import Path
 
 import torch
 
-from phoenix_torch import skip_input_checks
-
 from benchmarks.flops import forward_flops, shape_dict
 from benchmarks.measure import Budget, latency_stats, time_call
-from benchmarks.peak import fraction_of_peak
-from benchmarks.peak import measure as measure_peak
+from benchmarks.peak import fraction_of_peak, measure as measure_peak
 from benchmarks.profile import profile_call
+from phoenix_torch import skip_input_checks
+from phoenix_torch.parity import PRECISIONS
 
 DIRECT_ENGINES = ("torch", "torch_compile", "cuda_graph", "torch_compile_cuda_graph")
 RUNTIME_ENGINES = ("onnxruntime", "aoti", "tensorrt")
 ENGINES = DIRECT_ENGINES + RUNTIME_ENGINES
 CUDA_ONLY = ("cuda_graph", "torch_compile_cuda_graph", "tensorrt")
 SCENARIOS = ("batch", "c1000_one_pass", "c1000_one_pass_dense", "c1000_chunked", "c1000_chunked_batched")
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16"}
 CHUNKS, CHUNK = 16, 64
 BIG_C = 1000
 
@@ -91,7 +89,7 @@ class Sweep:
     base_c: int = 64
     big_c_presets: tuple[str, ...] = ("mini",)   # presets with the 1000-candidate scenarios
     # fnmatch patterns of "engine/preset/precision" not to measure. CPU default: what costs minutes of
-    # compilation on 2 cores or means nothing (ONNX Runtime's CPU provider has no bf16 MatMul: export.runtime
+    # compilation on 2 cores or means nothing (ONNX Runtime's CPU provider has no bf16 MatMul: phoenix_runtime.engines
     # emulates it in fp32).
     exclude: tuple[str, ...] = ("onnxruntime/*/bf16", "torch_compile/*/bf16", "torch_compile/nano/*", "aoti/nano/*")
     dense_engines: tuple[str, ...] = ("torch",)  # engines that also run the dense-attention 1000-candidate pass
@@ -150,10 +148,10 @@ def build_graph(preset: str, precision: str, attention: str = "isolated", vocab:
 def availability(device: str) -> dict[str, str | None]:
     """{engine: None if it can run on `device`, else the reason}."""
     try:
-        from export.runtime import available_engines
+        from phoenix_runtime.engines import available_engines
         runtime = dict(available_engines())
-    except Exception as e:  # export.runtime missing or broken: the runtime engines cannot run
-        runtime = {k: f"export.runtime unavailable: {type(e).__name__}: {e}" for k in RUNTIME_ENGINES}
+    except Exception as e:  # phoenix_runtime.engines missing or broken: the runtime engines cannot run
+        runtime = {k: f"phoenix_runtime.engines unavailable: {type(e).__name__}: {e}" for k in RUNTIME_ENGINES}
     out = {"torch": None, "torch_compile": runtime.get("torch_compile")}
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -161,7 +159,7 @@ def availability(device: str) -> dict[str, str | None]:
     for k in ("cuda_graph", "torch_compile_cuda_graph"):
         out[k] = None if cuda else "CUDA only"
     for k in RUNTIME_ENGINES:
-        out[k] = runtime.get(k, f"export.runtime does not know engine kind {k!r}")
+        out[k] = runtime.get(k, f"phoenix_runtime.engines does not know engine kind {k!r}")
     if not cuda and out["tensorrt"] is None:
         out["tensorrt"] = "GPU only"
     return out
@@ -171,8 +169,9 @@ def source_key(*parts) -> str:
     """A cache key of `parts` and every source file an exported graph or a built repository depends on."""
     h = hashlib.sha256(repr(parts).encode())
     root = Path(__file__).resolve().parents[1]
-    for pattern in ("phoenix_torch/*.py", "export/*.py", "serving/*.py", "triton_repo/*/*/model.py"):
-        for f in sorted(root.glob(pattern)):   # a repository copies serving/ and triton_repo/ sources
+    for pattern in ("phoenix_runtime/*.py", "phoenix_torch/*.py", "export/*.py", "serving/*.py",
+                    "triton_repo/*/*/model.py"):
+        for f in sorted(root.glob(pattern)):   # a repository copies phoenix_runtime/ and triton_repo/ sources
             h.update(f.read_bytes())
     h.update(torch.__version__.encode())
     return h.hexdigest()[:16]
@@ -232,14 +231,13 @@ class DirectEngine:
 
 
 class RuntimeEngine:
-    """onnxruntime / aoti / tensorrt: exported by `export`, loaded with `export.runtime`."""
+    """onnxruntime / aoti / tensorrt: exported by `export`, loaded with `phoenix_runtime.engines`."""
 
     def __init__(self, kind: str, graph, device: str, folder: Path, threads: int | None = None):
-        from export.runtime import load_engine
-
         from benchmarks.artifacts import export_for  # the one place that knows export's build functions
+        from phoenix_runtime.engines import load_engine
         if kind == "onnxruntime":  # fail before a costly export when the provider is missing
-            from export.runtime import ort_providers
+            from phoenix_runtime.engines import ort_providers
             ort_providers(device)
         manifest_dir = export_for(kind, graph, folder, device)
         self.kind, self.graph, self.device = kind, graph, device

@@ -380,7 +380,7 @@ def _engine_section(engine: dict, f: dict, images=PLOTS) -> list[str]:
             f"or {b.get('seconds')} s; CPU threads: {sw.get('threads') or 'library default (one per core)'}; "
             f"tables vocabulary {sw.get('vocab')} rows (does not change the FLOPs). "
             "Inputs are valid random hashes. Torch engines get tensors already on the device; runtime engines get "
-            "numpy arrays through `export.runtime`.", ""]
+            "numpy arrays through `phoenix_runtime.engines`.", ""]
     avail = engine.get("availability", {})
     skipped = {}
     for r in engine.get("results", []):
@@ -408,7 +408,7 @@ def _engine_section(engine: dict, f: dict, images=PLOTS) -> list[str]:
     if sw.get("exclude"):
         out += ["Not planned in this sweep (`--exclude`): " + ", ".join(f"`{x}`" for x in sw["exclude"])
                 + ". On a small CPU these cost minutes of compilation each, and ONNX Runtime's CPU provider has no "
-                "bf16 MatMul (export.runtime emulates bf16 in fp32 there, so its timing says nothing about bf16). "
+                "bf16 MatMul (phoenix_runtime.engines emulates bf16 in fp32 there, so its timing says nothing about bf16). "
                 f"Dense attention (1000 candidates) runs on: {', '.join(sw.get('dense_engines', []))}.", ""]
     if any(avail.values()):
         out += ["Availability here: " + ", ".join(f"{k}: {'yes' if not v else v}" for k, v in avail.items()), ""]

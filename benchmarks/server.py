@@ -32,7 +32,7 @@ import numpy as np
 
 from benchmarks.measure import latency_stats
 from benchmarks.memory import MemorySampler
-from export import contract
+from phoenix_runtime.manifest import MANIFEST
 
 MODELS = ("phoenix", "phoenix_ranker")
 STAT_PARTS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -65,7 +65,7 @@ def build_repository(preset: str, cache_dir: Path, build_args=(), log=print) -> 
     from benchmarks.engine import source_key
 
     out = Path(cache_dir) / f"repo-{preset}-{source_key('repo', preset, tuple(build_args))}"
-    if (out / contract.MANIFEST).exists():
+    if (out / MANIFEST).exists():
         log(f"repository for {preset}: cached at {out}")
         return out
     cmd = [sys.executable, "-m", "export.build", "--preset", preset, "--output", str(out), *build_args]

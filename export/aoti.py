@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from export.contract import Artifact
 from export.graphs import GraphSpec
+from phoenix_runtime.manifest import Artifact
 from phoenix_torch.parity import check_parity
 
 PARITY_DIMS = ({"B": 1, "C": 1}, {"B": 2, "C": 3}, {"B": 4, "C": 9})

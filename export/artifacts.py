@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.contract import EntityHash
-from phoenix_torch import (MAY_ACTIONS, HashConfig, PhoenixModelConfig, PhoenixRetrievalModelConfig,
-                           TransformerConfig, release_features)
+from phoenix_runtime.hashing import EntityHash
+from phoenix_torch import (MAY_ACTIONS, HashConfig, PhoenixModelConfig, PhoenixRetrievalModelConfig, TransformerConfig,
+                           release_features)
+from phoenix_torch.features import NUM_CONTINUOUS_ACTIONS
 from phoenix_torch.parity import PRECISIONS
 
 ENTITIES = ("user", "item", "author")
@@ -112,7 +113,7 @@ def model_config(cfg: dict, path: Path, retrieval: bool, precision: str, enable_
                   history_seq_len=cfg["history_seq_len"], fprop_dtype=PRECISIONS[precision])
     if retrieval:
         return PhoenixRetrievalModelConfig(enable_linear_proj=enable_linear_proj, **common)
-    return PhoenixModelConfig(candidate_seq_len=cfg["candidate_seq_len"], num_continuous_actions=8, **common)
+    return PhoenixModelConfig(candidate_seq_len=cfg["candidate_seq_len"], num_continuous_actions=NUM_CONTINUOUS_ACTIONS, **common)
 
 
 def _has_key(npz: Path, key: str) -> bool:

@@ -4,7 +4,7 @@ Steps: the models (the release's artifacts folder, upstream checkpoints, or a se
 graphs of the target (export.graphs), each exported to ONNX and checked against torch with ONNX Runtime
 (phoenix_torch.parity) -> compiled engines (export.engines) -> the hash tables as memory-mappable .npy files
 (engine-host targets) -> the retrieval corpus -> every served model's record, its Triton config and its
-Python sources (export.repository) -> `manifest.json` (export.contract), written last.
+Python sources (export.repository) -> `manifest.json` (phoenix_runtime.manifest), written last.
 
 The whole repository is built in a staging folder next to the output and swapped in at the end in one
 atomic step: a folder holds the old complete build or the new one, never a mix. A failed, interrupted
@@ -30,19 +30,23 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from export import contract as k
-from export import repository as repo
-from export import tensorrt
+from export import repository as repo, tensorrt
 from export.artifacts import ArtifactsError, Corpus
 from export.corpus import write_corpus
-from export.contract import Artifact, Limits
-from export.engines import KINDS as ENGINE_KINDS
-from export.engines import CHOICE_DIMS, EngineOptions, TensorRTOptions, build_engines, fastest_cpu_engine, resolve_kinds
+from export.engines import (CHOICE_DIMS, KINDS as ENGINE_KINDS, EngineOptions, TensorRTOptions, build_engines,
+                            fastest_cpu_engine, resolve_kinds)
 from export.graphs import GRAPH_BUILDERS, GraphSpec, hashes_in
-from export.models import ModelSource, Models, features_from_json, load_models, torch_tables
+from export.models import Models, ModelSource, features_from_json, load_models, torch_tables
 from export.onnx_export import OPSET, export_onnx, write_cpu_bf16
-from export.runtime import EngineUnavailable, OnnxRuntimeEngine
+from phoenix_runtime.engines import KINDS as RUNTIME_KINDS, EngineUnavailable, OnnxRuntimeEngine
+from phoenix_runtime.hashing import hash_ids
+from phoenix_runtime.manifest import (FORMAT, MANIFEST, POSTPROCESS, RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER,
+                                      VERSION, Artifact, model_path, write_manifest)
+from phoenix_runtime.request import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_REQUEST_BYTES,
+                                     DEFAULT_TOP_K, Limits)
+from phoenix_runtime.scoring import SCALAR_PARAMS, scoring_params
 from phoenix_torch import PRESETS, RELEASES, RecsysEmbeddings
+from phoenix_torch.config import HISTORY_ATTENTION
 from phoenix_torch.parity import PRECISIONS, ParityError, check_parity
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +121,7 @@ def write_tables(tables: dict[str, np.ndarray], stage: Path, model: str, family:
     """Each entity's table as `<model>/1/tables/<entity>.npy` (memory-mapped by the engine hosts)."""
     info, arts = {}, []
     for entity, array in tables.items():
-        rel = k.model_path(model, f"tables/{entity}.npy")
+        rel = model_path(model, f"tables/{entity}.npy")
         (stage / rel).parent.mkdir(parents=True, exist_ok=True)
         np.save(stage / rel, np.ascontiguousarray(array, dtype=np.float32))
         info[entity] = {"path": rel, "vocab": int(array.shape[0]), "emb_size": int(array.shape[1])}
@@ -145,7 +149,7 @@ def synthetic_corpus(models: Models, size: int, corpus_file: str | None) -> Corp
     emb = {}
     for f in retrieval.candidate_features:
         ids = posts if f.entity == "item" else authors
-        hashes = k.hash_ids(ids, hashing[f.entity])
+        hashes = hash_ids(ids, hashing[f.entity])
         emb[f.embedding_field] = torch.from_numpy(models.retrieval_tables[f.entity][hashes])
     with torch.no_grad():
         reps = retrieval.candidate_representation(RecsysEmbeddings(**emb)).numpy()
@@ -163,16 +167,16 @@ def served_records(models: Models, specs: dict[str, GraphSpec], opts: repo.Repos
         family = "ranker" if graph.startswith("ranker") else "retrieval"
         base, tables = ((models.ranker, models.ranker_tables) if family == "ranker"
                         else (models.retrieval, models.retrieval_tables))
-        if model == k.RANKER_EMBEDDINGS:
+        if model == RANKER_EMBEDDINGS:
             inputs, lookups = [t.to_dict() for t in specs[graph].inputs], {}
         else:
             specs_in, lookups = hashes_in(graph, base, {e: len(t) for e, t in tables.items()})
             inputs = [t.to_dict() for t in specs_in]
         served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
-    served[k.POSTPROCESS] = repo.postprocess_record(models.ranker.config, k.scoring_params(opts.weights),
-                                                    served[k.RANKER]["inputs"])
+    served[POSTPROCESS] = repo.postprocess_record(models.ranker.config, scoring_params(opts.weights),
+                                                    served[RANKER]["inputs"])
     if corpus is not None:
-        served[k.RETRIEVAL] = repo.retrieval_record(served[k.USER_TOWER]["inputs"], models.retrieval.config.emb_size,
+        served[RETRIEVAL] = repo.retrieval_record(served[USER_TOWER]["inputs"], models.retrieval.config.emb_size,
                                                     opts.top_k, opts.retrieval_index, len(corpus.post_ids),
                                                     corpus.topics is not None)
     return served
@@ -203,12 +207,11 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
     cfg = models.ranker.config
     console.print(f"[green]✓[/] models ({models.release}, {source.precision}, tables "
                   f"{ {e: len(t) for e, t in models.ranker_tables.items()} }) in {time.perf_counter() - t0:.1f} s")
-    limits = Limits(opts.max_batch_size, opts.max_candidates, cfg.history_seq_len, opts.max_request_bytes,
-                    opts.candidate_sizes)
+    limits = opts.limits.with_history(cfg.history_seq_len)
     names = repo.graph_names(opts.target, models.retrieval is not None)
     specs = graph_specs(models, set(names.values()), checked=opts.target not in repo.HOST_TARGETS)
     folders = {g: next(m for m, name in names.items() if name == g) for g in specs}
-    folders = {g: f"{m}/{k.VERSION}" for g, m in folders.items()}
+    folders = {g: f"{m}/{VERSION}" for g, m in folders.items()}
     onnx = export_graphs(specs, folders, stage, build_opts.opset, cfg.candidate_seq_len, rows)
     artifacts = list(onnx.values())
     kinds = resolve_kinds(engines.kinds) if engines.kinds else []
@@ -223,15 +226,15 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
     tables_info = {}
     if host:
         with console.status("writing the hash tables"):
-            tables_info["ranker"], arts = write_tables(models.ranker_tables, stage, k.RANKER, "ranker")
+            tables_info["ranker"], arts = write_tables(models.ranker_tables, stage, RANKER, "ranker")
             artifacts += arts
             if models.retrieval is not None:
-                tables_info["retrieval"], arts = write_tables(models.retrieval_tables, stage, k.USER_TOWER, "retrieval")
+                tables_info["retrieval"], arts = write_tables(models.retrieval_tables, stage, USER_TOWER, "retrieval")
                 artifacts += arts
     built = {a.kind for a in artifacts}
     engine, timings = repo.python_engine_kind(opts.target, built, opts.python_engine), {}
     if opts.target == "cpu" and not opts.python_engine:     # the fastest of the engines built, measured here
-        ranker = names[k.RANKER]
+        ranker = names[RANKER]
         engine, timings = fastest_cpu_engine(specs[ranker], artifacts, stage)
     corpus = None
     if models.retrieval is not None:
@@ -239,9 +242,9 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
             corpus = models.corpus or synthetic_corpus(models, opts.corpus_size, opts.corpus_file)
             artifacts += write_corpus(corpus, stage, opts.retrieval_index)
     served = served_records(models, specs, opts, engine, corpus)
-    plans = repo.place_platform_engines(stage, served, artifacts, opts.target)
+    placed = repo.place_platform_engines(stage, served, artifacts, opts.target)
     manifest = {
-        "format": k.FORMAT, "release": models.release, "preset": None if source.artifacts else source.preset,
+        "format": FORMAT, "release": models.release, "preset": None if source.artifacts else source.preset,
         "precision": source.precision, "target": opts.target, "source": models.source, "limits": limits.to_dict(),
         "model_config": cfg.to_dict(),
         "retrieval_config": models.retrieval.config.to_dict() if models.retrieval is not None else None,
@@ -252,13 +255,13 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
         "engine_choice": {"engine": engine, "p50_ms": timings, "dims": CHOICE_DIMS} if timings else None,
         "artifacts": [],
     }
-    cfgs = repo.configs(served, opts, cfg.candidate_seq_len, plans)
-    repo.client_parameter(cfgs[k.POSTPROCESS], manifest)
+    cfgs = repo.configs(served, opts, cfg.candidate_seq_len, placed)
+    repo.client_parameter(cfgs[POSTPROCESS], manifest)
     artifacts += repo.write_configs(stage, cfgs)
     artifacts += repo.write_python_models(stage, served)
     manifest["artifacts"] = [a.to_dict() for a in artifacts]
     copy_repository_readme(stage)
-    k.write_manifest(stage, manifest)
+    write_manifest(stage, manifest)
     summary(rows, stage, time.perf_counter() - t0)
     return manifest
 
@@ -276,9 +279,9 @@ def check_output(output: Path) -> None:
     never replace a folder of other files."""
     if output.exists() and not output.is_dir():
         raise BuildError(f"--output {output} exists and is not a folder")
-    if output.is_dir() and any(output.iterdir()) and not (output / k.MANIFEST).exists() \
+    if output.is_dir() and any(output.iterdir()) and not (output / MANIFEST).exists() \
             and output.resolve() != DEFAULT_OUTPUT.resolve():
-        raise BuildError(f"--output {output} holds files but no {k.MANIFEST}: not a Phoenix repository; a build "
+        raise BuildError(f"--output {output} holds files but no {MANIFEST}: not a Phoenix repository; a build "
                          f"replaces its output folder, so choose an empty or new folder")
     output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -365,7 +368,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--seed", type=int, default=0, help="seed of the init of weights, tables and hash constants")
     src.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                      help="forward dtype of the graphs (bf16 keeps softmax, RMSNorm, reductions and logits float32)")
-    src.add_argument("--history-attention", choices=("causal", "bidirectional"), default="causal",
+    src.add_argument("--history-attention", choices=HISTORY_ATTENTION, default=HISTORY_ATTENTION[0],
                      help="mask over user+history: causal (January code) or bidirectional (production release)")
     src.add_argument("--right-anchored-rope", action="store_true",
                      help="May-release positions: scores independent of candidate order and of C")
@@ -399,19 +402,18 @@ def parser() -> argparse.ArgumentParser:
                      help="cpu (Python engine host, ONNX Runtime, KIND_CPU), gpu-python (Python host on the GPU: "
                           "tensorrt > aoti > torch > onnxruntime, the first built), gpu-onnxruntime (onnxruntime_onnx), "
                           "gpu-tensorrt (tensorrt_plan; needs --engines tensorrt)")
-    rep.add_argument("--python-engine", default=None, choices=("onnxruntime", "torch", "torch_compile", "aoti",
-                                                                "tensorrt"),
+    rep.add_argument("--python-engine", default=None, choices=RUNTIME_KINDS,
                      help="engine kind of the Python host (cpu / gpu-python targets). Default: cpu: the fastest of "
                           "the engines built (--engines), timed here at B=1, C=64 and recorded in the manifest "
                           "(engine_choice); gpu-python: tensorrt > aoti > torch > onnxruntime")
-    rep.add_argument("--max-batch-size", type=int, default=k.DEFAULT_MAX_BATCH_SIZE,
+    rep.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
                      help="users per request (Triton max_batch_size of every model)")
-    rep.add_argument("--max-candidates", type=int, default=k.DEFAULT_MAX_CANDIDATES,
+    rep.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES,
                      help="candidates per user the server accepts (enforced before any work)")
     rep.add_argument("--candidate-sizes", default="", metavar="C,C,...",
                      help="fixed candidate counts the client pads to (hash-0 candidates, exact), so native backends "
                           "batch requests of different C; the last must equal --max-candidates; empty = any C")
-    rep.add_argument("--max-request-mb", type=float, default=k.DEFAULT_MAX_REQUEST_BYTES / (1 << 20),
+    rep.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / (1 << 20),
                      help="largest request (sum of input bytes) the engine hosts accept, in MiB")
     rep.add_argument("--queue-delay-us", type=int, default=repo.DEFAULT_QUEUE_DELAY_US,
                      help="dynamic batching max_queue_delay_microseconds (0 = no waiting; measured, see "
@@ -425,7 +427,7 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--corpus-file", default=None, metavar="FILE.npz",
                      help="retrieval corpus: .npz with post_ids, author_ids and optional candidate_representations "
                           "[N, D] (else computed by the candidate tower) and topics")
-    rep.add_argument("--top-k", type=int, default=200, help="largest number of posts phoenix_retrieval returns")
+    rep.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="largest number of posts phoenix_retrieval returns")
     rep.add_argument("--retrieval-index", choices=("exact", "faiss"), default="exact",
                      help="exact top-k (default) or an approximate FAISS HNSW index (faiss-cpu; recall measured in "
                           "the benchmarks)")
@@ -458,9 +460,9 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
             if not eq:
                 raise ValueError(f"--weight {item!r}: expected NAME=VALUE, e.g. report=-300")
             name = name.strip()
-            weights[name if name in k.SCALAR_PARAMS else f"weight.{name}"] = value.strip()
-        k.scoring_params(weights)            # unknown names and non-numbers fail here, in seconds
-        limits = Limits(args.max_batch_size, args.max_candidates, 1, int(args.max_request_mb * (1 << 20)), sizes)
+            weights[name if name in SCALAR_PARAMS else f"weight.{name}"] = value.strip()
+        scoring_params(weights)            # unknown names and non-numbers fail here, in seconds
+        limits = Limits(args.max_batch_size, args.max_candidates, None, int(args.max_request_mb * (1 << 20)), sizes)
         if args.trt_profile:             # a profile narrower than the limits fails now, not after the export
             tensorrt.check_against_limits(tensorrt.parse_profile(args.trt_profile, tensorrt.default_profile(limits)),
                                           limits)
@@ -469,8 +471,7 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
     source = ModelSource(args.preset, args.release, args.precision, args.artifacts, args.checkpoint,
                          args.retrieval_checkpoint, args.tables, args.vocab, args.seed, args.history_attention,
                          args.right_anchored_rope, extra, not args.no_towers)
-    opts = repo.RepositoryOptions(args.target, limits.max_batch_size, limits.max_candidates, limits.candidate_sizes,
-                                  limits.max_request_bytes, args.queue_delay_us, args.instances, args.python_engine,
+    opts = repo.RepositoryOptions(args.target, limits, args.queue_delay_us, args.instances, args.python_engine,
                                   args.ort_tensorrt, args.corpus, args.corpus_file, args.top_k, args.retrieval_index,
                                   weights)
     trt = TensorRTOptions(args.trt_profile, args.trt_workspace_gb, args.trt_timing_cache, args.trt_version_compatible,

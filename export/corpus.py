@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export import contract as k
 from export.artifacts import ArtifactsError, Corpus, read_corpus
+from phoenix_runtime.manifest import RETRIEVAL, Artifact, ManifestError, model_path, read_manifest, write_manifest
 
 HNSW_NEIGHBOURS = 32        # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 200
@@ -29,7 +29,7 @@ HNSW_EF_SEARCH = 400        # search breadth at serve time: recall vs latency (K
 FILES = ("corpus.npy", "corpus_post_ids.npy", "corpus_author_ids.npy", "corpus_topics.npy")
 
 
-def write_faiss_index(representations: np.ndarray, path: Path, root: Path) -> k.Artifact:
+def write_faiss_index(representations: np.ndarray, path: Path, root: Path) -> Artifact:
     try:
         import faiss
     except ImportError:
@@ -39,44 +39,44 @@ def write_faiss_index(representations: np.ndarray, path: Path, root: Path) -> k.
     index.add(np.ascontiguousarray(representations, dtype=np.float32))
     index.hnsw.efSearch = HNSW_EF_SEARCH
     faiss.write_index(index, str(path))
-    return k.Artifact("retrieval_corpus_faiss", k.RETRIEVAL, "corpus", str(path.relative_to(root)),
+    return Artifact("retrieval_corpus_faiss", RETRIEVAL, "corpus", str(path.relative_to(root)),
                       info={"index": "faiss_hnsw", "M": HNSW_NEIGHBOURS, "ef_search": HNSW_EF_SEARCH}).with_file_info(root)
 
 
-def write_corpus(corpus: Corpus, root: Path, index: str) -> list[k.Artifact]:
+def write_corpus(corpus: Corpus, root: Path, index: str) -> list[Artifact]:
     """The corpus files beside phoenix_retrieval's model.py (+ the FAISS index); their artifacts."""
     arrays = dict(zip(FILES, (corpus.representations, corpus.post_ids, corpus.author_ids, corpus.topics)))
     arts = []
     for name, array in arrays.items():
-        rel = k.model_path(k.RETRIEVAL, name)
+        rel = model_path(RETRIEVAL, name)
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         if array is None:
             (root / rel).unlink(missing_ok=True)
             continue
         np.save(root / rel, array)
-        arts.append(k.Artifact(f"retrieval_{name.removesuffix('.npy')}", k.RETRIEVAL, "corpus", rel).with_file_info(root))
+        arts.append(Artifact(f"retrieval_{name.removesuffix('.npy')}", RETRIEVAL, "corpus", rel).with_file_info(root))
     if index == "faiss":
-        arts.append(write_faiss_index(corpus.representations, root / k.model_path(k.RETRIEVAL, "corpus.faiss"), root))
+        arts.append(write_faiss_index(corpus.representations, root / model_path(RETRIEVAL, "corpus.faiss"), root))
     return arts
 
 
 def swap(repository: Path, corpus_file: Path, index: str | None = None) -> dict:
     """Serve another corpus from `repository` (same D), with `index` ("exact" | "faiss"; None keeps the built
     one); returns the updated manifest."""
-    manifest = k.read_manifest(repository)
-    rec = manifest["served"].get(k.RETRIEVAL)
+    manifest = read_manifest(repository)
+    rec = manifest["served"].get(RETRIEVAL)
     if rec is None:
-        raise ArtifactsError(f"{repository}: no {k.RETRIEVAL} in this build (built with --no-towers)")
+        raise ArtifactsError(f"{repository}: no {RETRIEVAL} in this build (built with --no-towers)")
     corpus = read_corpus(corpus_file, manifest["retrieval_config"]["transformer"]["emb_size"])
     if (corpus.topics is not None) != any(o["name"] == "top_k_topics" for o in rec["outputs"]):
         raise ArtifactsError(f"{corpus_file}: topics must be present exactly when the built corpus had them "
                              f"(the served outputs are fixed by the build)")
     rec["index"] = index or rec["index"]
-    (repository / k.model_path(k.RETRIEVAL, "corpus.faiss")).unlink(missing_ok=True)
+    (repository / model_path(RETRIEVAL, "corpus.faiss")).unlink(missing_ok=True)
     arts = write_corpus(corpus, repository, rec["index"])
     rec["corpus_rows"] = len(corpus.post_ids)
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["kind"] != "corpus"] + [a.to_dict() for a in arts]
-    k.write_manifest(repository, manifest)
+    write_manifest(repository, manifest)
     return manifest
 
 
@@ -91,11 +91,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     try:
         manifest = swap(Path(args.repository), Path(args.corpus), args.index)
-    except (ArtifactsError, k.ManifestError, RuntimeError) as e:
+    except (ArtifactsError, ManifestError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.repository}: now serves {manifest['served'][k.RETRIEVAL]['corpus_rows']} posts; reload "
-          f"{k.RETRIEVAL} (curl -X POST localhost:8000/v2/repository/models/{k.RETRIEVAL}/load)")
+    print(f"{args.repository}: now serves {manifest['served'][RETRIEVAL]['corpus_rows']} posts; reload "
+          f"{RETRIEVAL} (curl -X POST localhost:8000/v2/repository/models/{RETRIEVAL}/load)")
     return 0
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 from rich.console import Console
 
 from export import aoti, tensorrt
-from export.contract import Artifact, Limits, ManifestError, find_artifact, sha256_file
 from export.graphs import GraphSpec
-from export.runtime import (ARTIFACT_KIND, EngineUnavailable, OnnxRuntimeEngine, PlanRunner, compiler_missing,
-                            open_engine, ort_providers)
+from phoenix_runtime.engines import (ARTIFACT_KIND, EngineUnavailable, OnnxRuntimeEngine, PlanRunner, compiler_missing,
+                                     open_engine, ort_providers)
+from phoenix_runtime.manifest import Artifact, ManifestError, find_artifact, sha256_file
+from phoenix_runtime.request import Limits
 from phoenix_torch.parity import check_parity
 
 KINDS = ("torch", "aoti", "tensorrt")

@@ -16,7 +16,7 @@ Out-of-range contract: bit i of `input_error` is set for a user (a row) when the
 value outside its range: a hash outside [0, vocab) (or negative, without a table), a category outside its
 vocabulary, an action not 0/1, a non-finite float, a negative timestamp. Such values are replaced by 0
 before they are used, so no engine ever reads another row. Embeddings-in graphs built with `checked=False`
-(those only the Python engine host runs, after contract.check_request) skip these checks: input_error 0.
+(those only the Python engine host runs, after phoenix_runtime.request.check_request) skip these checks: input_error 0.
 Every module takes its inputs positionally in `GraphSpec.inputs` order and returns a tuple in
 `GraphSpec.outputs` order. Dims named "B" and "C" are
 dynamic; every other dim is fixed.
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from phoenix_runtime.request import out_of_range
 from phoenix_torch import (HashedFeature, HashEmbeddingTables, PhoenixModel, PhoenixRetrievalModel, RecsysBatch,
                            RecsysEmbeddings, random_batch)
 from phoenix_torch.features import Field, active, raw_key, validity_feature
@@ -130,7 +131,8 @@ def _entities(config) -> set[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the out-of-range contract, in graph ops every backend supports (compare, Where, ReduceMax on float)
+# the out-of-range contract (phoenix_runtime.request.out_of_range), in graph ops every backend supports
+# (compare, Abs, Where, ReduceMax on float)
 
 def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec], checked: bool = True):
     """(values with out-of-range entries replaced by 0, input_error int32 [B]): bit i = input i. Unchecked
@@ -140,15 +142,8 @@ def check_and_clamp(values: list[torch.Tensor], specs: list[TensorSpec], checked
         return values, torch.zeros(values[0].shape[0], dtype=torch.int32)
     clamped, error = [], None
     for i, (x, spec) in enumerate(zip(values, specs)):
-        if spec.check == "hash" or spec.check == "index":
-            bad = (x < 0) | (x >= spec.high) if spec.high is not None else x < 0
-        elif spec.check == "multi_hot":
-            bad = (x != 0) & (x != 1)
-        elif spec.check == "finite":
-            bad = ~torch.isfinite(x)
-        elif spec.check == "time":
-            bad = x < 0
-        else:
+        bad = out_of_range(spec.check, x, spec.high)      # the served check's own rule, as graph ops
+        if bad is None:
             clamped.append(x)
             continue
         clamped.append(torch.where(bad, torch.zeros_like(x), x))

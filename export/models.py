@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from export.artifacts import Corpus, check_tables, read_corpus, read_release
-from export.contract import EntityHash, seeded_hash_params
+from phoenix_runtime.hashing import EntityHash, seeded_hash_params
 from phoenix_torch import (HashEmbeddingTables, PhoenixModel, PhoenixRetrievalModel, get_preset, init_seeded,
                            load_upstream_params, read_tables)
 from phoenix_torch.features import entities, from_dicts

@@ -22,8 +22,8 @@ import numpy as np
 import onnx
 import torch
 
-from export.contract import Artifact
 from export.graphs import GraphSpec
+from phoenix_runtime.manifest import Artifact
 
 OPSET = 18                      # TensorRT 10.0+ parses opsets 9..20; ONNX Runtime 1.18+ runs 18
 EXTERNAL_DATA_ABOVE = 1800 << 20  # weight bytes; a ModelProto above 2 GiB cannot be serialized in one piece

@@ -24,19 +24,24 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import contract as k
-from export.contract import Artifact
+import phoenix_runtime
 from export.tensorrt import default_profile
+from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, POSTPROCESS,
+                                      RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact,
+                                      client_config, model_path, sha256_file)
+from phoenix_runtime.request import DEFAULT_TOP_K, Limits, resolve_shape
+from phoenix_runtime.scoring import score_sources, served_score_names
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = PROJECT_ROOT / "triton_repo"          # the committed Python-backend model.py files
+RUNTIME = Path(phoenix_runtime.__file__).parent  # the package they import, copied whole beside each
 TARGETS = ("cpu", "gpu-tensorrt", "gpu-onnxruntime", "gpu-python")
 HOST_TARGETS = ("cpu", "gpu-python")            # a Python engine host gathers the hash rows itself
 PLATFORMS = {"gpu-tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
              "gpu-onnxruntime": ("onnxruntime_onnx", "onnx", "model.onnx")}
-PYTHON_SOURCE = {k.RANKER: "phoenix_ranker", k.RANKER_EMBEDDINGS: "phoenix_ranker", k.USER_TOWER: "phoenix_ranker",
-                 k.CANDIDATE_TOWER: "phoenix_ranker", k.POSTPROCESS: "phoenix_postprocess",
-                 k.RETRIEVAL: "phoenix_retrieval"}
+PYTHON_SOURCE = {RANKER: "phoenix_ranker", RANKER_EMBEDDINGS: "phoenix_ranker", USER_TOWER: "phoenix_ranker",
+                 CANDIDATE_TOWER: "phoenix_ranker", POSTPROCESS: "phoenix_postprocess",
+                 RETRIEVAL: "phoenix_retrieval"}
 DEFAULT_QUEUE_DELAY_US = 0  # measured: triton_repo/README.md "Queue delay"
 _DTYPES = {"int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32, "uint64": mc.TYPE_UINT64,
            "bool": mc.TYPE_BOOL, "bytes": mc.TYPE_STRING}
@@ -45,17 +50,14 @@ _DTYPES = {"int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP
 @dataclass(frozen=True)
 class RepositoryOptions:
     target: str = "cpu"
-    max_batch_size: int = k.DEFAULT_MAX_BATCH_SIZE
-    max_candidates: int = k.DEFAULT_MAX_CANDIDATES
-    candidate_sizes: tuple = ()
-    max_request_bytes: int = k.DEFAULT_MAX_REQUEST_BYTES
+    limits: Limits = Limits()             # users, candidates, bytes, candidate sizes (history_len: the model's)
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     instances: int = 1
     python_engine: str | None = None      # engine kind of the Python host (default per target)
     ort_tensorrt: bool = False
     corpus_size: int = 1000               # synthetic corpus (seeded builds)
     corpus_file: str | None = None
-    top_k: int = 10
+    top_k: int = DEFAULT_TOP_K
     retrieval_index: str = "exact"        # or "faiss" (approximate, faiss-cpu)
     weights: dict = field(default_factory=dict)   # scoring parameter strings (`weight.<name>` ...)
 
@@ -63,10 +65,10 @@ class RepositoryOptions:
 def graph_names(target: str, towers: bool) -> dict[str, str]:
     """{served engine model: the graph it runs}."""
     host = target in HOST_TARGETS
-    out = {k.RANKER: "ranker_embeddings" if host else "ranker", k.RANKER_EMBEDDINGS: "ranker_embeddings"}
+    out = {RANKER: "ranker_embeddings" if host else "ranker", RANKER_EMBEDDINGS: "ranker_embeddings"}
     if towers:
-        out[k.USER_TOWER] = "user_tower_embeddings" if host else "user_tower"
-        out[k.CANDIDATE_TOWER] = "candidate_tower_embeddings" if host else "candidate_tower"
+        out[USER_TOWER] = "user_tower_embeddings" if host else "user_tower"
+        out[CANDIDATE_TOWER] = "candidate_tower_embeddings" if host else "candidate_tower"
     return out
 
 
@@ -119,10 +121,10 @@ def postprocess_record(ranker_config, params: dict, ranker_inputs: list[dict]) -
                 "key": "video_duration_ms"},
                {"name": "candidate_in_network", "dtype": "bool", "shape": ["B", "C"], "optional": True,
                 "key": "in_network"}]
-    sources = k.score_sources(ranker_config.actions, cont)
+    sources = score_sources(ranker_config.actions, cont)
     special = {"ranking": ("int32", ["B", "C"]), "probs": ("float32", ["B", "C", ranker_config.num_actions])}
     outputs = [{"name": n, "dtype": special.get(n, ("float32",))[0], "shape": special.get(n, (None, ["B", "C"]))[1]}
-               for n in k.served_score_names(sources)]
+               for n in served_score_names(sources)]
     return {"backend": "python", "inputs": inputs + request, "request_inputs": request, "outputs": outputs,
             "sources": sources, "actions": list(ranker_config.actions), "params": dict(params)}
 
@@ -171,7 +173,7 @@ def _warmup(inputs, candidates: int) -> mc.ModelWarmup:
 
 def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, gpu: bool = False) -> mc.ModelConfig:
     platform = rec["backend"] != "python"
-    cfg = mc.ModelConfig(name=name, max_batch_size=opts.max_batch_size)
+    cfg = mc.ModelConfig(name=name, max_batch_size=opts.limits.max_batch_size)
     if platform:
         cfg.platform = rec["backend"]
     else:
@@ -179,7 +181,7 @@ def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, g
     cfg.input.extend(_tensor(s, mc.ModelInput, platform, not platform) for s in rec["inputs"])
     cfg.output.extend(_tensor(s, mc.ModelOutput, platform, False) for s in rec["outputs"])
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    cfg.instance_group.add(count=opts.instances if gpu or name in k.ENGINE_MODELS else 1, kind=kind)
+    cfg.instance_group.add(count=opts.instances if gpu or name in ENGINE_MODELS else 1, kind=kind)
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
     cfg.version_policy.latest.num_versions = 1
     if warmup_c is not None:
@@ -187,12 +189,15 @@ def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, g
     return cfg
 
 
-def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, plans: dict | None = None):
+def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, placed: dict | None = None):
+    """`placed`: what place_platform_engines put in the model's folder (TensorRT plans per compute capability,
+    the sha256 of model.onnx)."""
+    placed = placed or {}
     gpu = opts.target != "cpu"
     cfg = _base(name, rec, opts, warmup_c if rec.get("graph", "").find("candidate_tower") < 0 else 1, gpu)
     if rec["backend"] == "tensorrt_plan":
         cfg.default_model_filename = "model.plan"
-        for cc, filename in sorted((plans or {}).items()):   # one plan per GPU compute capability
+        for cc, filename in sorted(placed.get("plans", {}).items()):   # one plan per GPU compute capability
             cfg.cc_model_filenames[cc] = filename
     elif rec["backend"] == "onnxruntime_onnx":
         cfg.default_model_filename = "model.onnx"
@@ -201,26 +206,25 @@ def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, 
             acc.parameters["precision_mode"] = "FP32"
             acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
             acc.parameters["trt_engine_cache_enable"] = "1"             # no rebuild per new shape after a restart
-            acc.parameters["trt_engine_cache_path"] = ort_trt_cache_path(rec)
-            profile = default_profile(opts)   # the same B and C ranges as our own TensorRT plans (export/tensorrt.py)
+            acc.parameters["trt_engine_cache_path"] = ort_trt_cache_path(placed.get("onnx_sha256"))
+            profile = default_profile(opts.limits)   # the B and C ranges of our own TensorRT plans (export/tensorrt.py)
             for i, corner in enumerate(("min", "opt", "max")):
                 acc.parameters[f"trt_profile_{corner}_shapes"] = _profile(rec["inputs"], profile["B"][i],
                                                                           profile["C"][i])
     return cfg
 
 
-def ort_trt_cache_path(rec: dict) -> str:
+def ort_trt_cache_path(sha: str | None) -> str:
     """ONNX Runtime's TensorRT engine cache of one graph file. ORT names a cached engine after the model's file
     name and graph structure, not its weights, so a rebuilt `model.onnx` with new weights would load the old
-    engine: one folder per ONNX file content (its sha256, recorded by place_platform_engines). One level under
+    engine: one folder per ONNX file content (its sha256, from place_platform_engines). One level under
     /tmp: ORT creates only the last folder of the path."""
-    sha = rec.get("onnx_sha256")
     return f"/tmp/phoenix_ort_trt_cache_{sha[:16]}" if sha else "/tmp/phoenix_ort_trt_cache"
 
 
 def _profile(inputs: list[dict], b: int, c: int) -> str:
     """ONNX Runtime TensorRT provider profile text: name:BxCx..., comma separated."""
-    return ",".join(f"{s['name']}:" + "x".join(str(k.resolve_shape([d], {"B": b, "C": c})[0]) for d in s["shape"])
+    return ",".join(f"{s['name']}:" + "x".join(str(resolve_shape([d], {"B": b, "C": c})[0]) for d in s["shape"])
                     for s in inputs)
 
 
@@ -248,24 +252,24 @@ def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> 
     return cfg
 
 
-def configs(served: dict, opts: RepositoryOptions, warmup_c: int, plans: dict | None = None) -> dict[str, mc.ModelConfig]:
-    """Every model's ModelConfig from the manifest's `served` records (no files written)."""
-    out = {name: engine_config(name, served[name], opts, warmup_c, (plans or {}).get(name))
-           for name in k.ENGINE_MODELS if name in served}
-    out[k.POSTPROCESS] = _base(k.POSTPROCESS, served[k.POSTPROCESS], opts, None)
-    out[k.POSTPROCESS].dynamic_batching.max_queue_delay_microseconds = 0
-    out[k.ENSEMBLE] = ensemble_config(k.ENSEMBLE, out[k.RANKER], out[k.POSTPROCESS])
-    out[k.ENSEMBLE_EMBEDDINGS] = ensemble_config(k.ENSEMBLE_EMBEDDINGS, out[k.RANKER_EMBEDDINGS], out[k.POSTPROCESS])
-    if k.RETRIEVAL in served:
-        rec = served[k.RETRIEVAL]
-        out[k.RETRIEVAL] = _base(k.RETRIEVAL, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, None)
+def configs(served: dict, opts: RepositoryOptions, warmup_c: int, placed: dict | None = None) -> dict[str, mc.ModelConfig]:
+    """Every model's ModelConfig from the manifest's `served` records and the engines placed (no files written)."""
+    out = {name: engine_config(name, served[name], opts, warmup_c, (placed or {}).get(name))
+           for name in ENGINE_MODELS if name in served}
+    out[POSTPROCESS] = _base(POSTPROCESS, served[POSTPROCESS], opts, None)
+    out[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds = 0
+    out[ENSEMBLE] = ensemble_config(ENSEMBLE, out[RANKER], out[POSTPROCESS])
+    out[ENSEMBLE_EMBEDDINGS] = ensemble_config(ENSEMBLE_EMBEDDINGS, out[RANKER_EMBEDDINGS], out[POSTPROCESS])
+    if RETRIEVAL in served:
+        rec = served[RETRIEVAL]
+        out[RETRIEVAL] = _base(RETRIEVAL, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, None)
     return out
 
 
 def client_parameter(cfg: mc.ModelConfig, manifest: dict) -> None:
     """The postprocess carries the client config, so a client needs only the server's URL."""
     import json
-    cfg.parameters["client_config"].string_value = json.dumps(k.client_config(manifest))
+    cfg.parameters["client_config"].string_value = json.dumps(client_config(manifest))
 
 
 # ---------------------------------------------------------------- files
@@ -273,47 +277,42 @@ def client_parameter(cfg: mc.ModelConfig, manifest: dict) -> None:
 def write_configs(stage: Path, cfgs: dict[str, mc.ModelConfig]) -> list[Artifact]:
     out = []
     for name, cfg in cfgs.items():
-        (stage / name / k.VERSION).mkdir(parents=True, exist_ok=True)
+        (stage / name / VERSION).mkdir(parents=True, exist_ok=True)
         (stage / name / "config.pbtxt").write_text(text_format.MessageToString(cfg))
         out.append(Artifact(f"{name}_config", name, "triton_config", f"{name}/config.pbtxt").with_file_info(stage))
         if cfg.platform == "ensemble":  # Triton needs the version folder, and a build copies files, not folders
-            (stage / name / k.VERSION / ".ensemble").write_text(f"version {k.VERSION} of the {name} ensemble\n")
+            (stage / name / VERSION / ".ensemble").write_text(f"version {VERSION} of the {name} ensemble\n")
     return out
 
 
 def write_python_models(stage: Path, served: dict) -> list[Artifact]:
-    """Each Python-backend model gets its model.py and, beside it, the serving packages it imports
-    (contract.SERVING_PACKAGES): the repository needs nothing else from this project."""
+    """Each Python-backend model gets its model.py and, beside it, the runtime package it imports
+    (phoenix_runtime, copied whole under its own name): the repository needs nothing else from this project."""
+    modules = sorted(p.name for p in RUNTIME.glob("*.py"))
     out = []
     for name, rec in served.items():
         if rec["backend"] != "python":
             continue
-        folder = stage / name / k.VERSION
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SOURCES / PYTHON_SOURCE[name] / k.VERSION / "model.py", folder / "model.py")
-        files = ["model.py"]
-        for package, modules in k.SERVING_PACKAGES.items():
-            src_pkg = PROJECT_ROOT / ("export" if package == "phoenix_export" else "serving")
-            (folder / package).mkdir(exist_ok=True)
-            (folder / package / "__init__.py").write_text(f'"""Copied by export.build from {src_pkg.name}/."""\n')
-            files.append(f"{package}/__init__.py")
-            for m in modules:
-                shutil.copy2(src_pkg / m, folder / package / m)
-                files.append(f"{package}/{m}")
-        out.append(Artifact(f"{name}_python", name, "python_source", k.model_path(name, "model.py"),
-                            files=files[1:]).with_file_info(stage))
+        folder = stage / name / VERSION
+        (folder / RUNTIME.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(SOURCES / PYTHON_SOURCE[name] / VERSION / "model.py", folder / "model.py")
+        for m in modules:
+            shutil.copy2(RUNTIME / m, folder / RUNTIME.name / m)
+        out.append(Artifact(f"{name}_python", name, "python_source", model_path(name, "model.py"),
+                            files=[f"{RUNTIME.name}/{m}" for m in modules]).with_file_info(stage))
     return out
 
 
 def place_platform_engines(stage: Path, served: dict, artifacts: list[Artifact], target: str) -> dict[str, dict]:
-    """Platform backends read `<model>/1/model.onnx|.plan`: copy the engines there. Returns the TensorRT
-    plans per model as {compute capability: file name} (the config's cc_model_filenames)."""
+    """Platform backends read `<model>/1/model.onnx|.plan`: copy the engines there. Returns, per model, what its
+    config needs: {"plans": {compute capability: file name}} (cc_model_filenames) or {"onnx_sha256": ...} (the
+    ORT TensorRT engine cache's key)."""
     if target not in PLATFORMS:
         return {}
     _, kind, filename = PLATFORMS[target]
-    plans: dict[str, dict] = {}
+    placed: dict[str, dict] = {}
     for name, rec in served.items():
-        if name not in k.ENGINE_MODELS:
+        if name not in ENGINE_MODELS:
             continue
         found = [a for a in artifacts if a.model == rec["graph"] and a.kind == kind and a.device in (None, "cuda")]
         if not found:
@@ -322,15 +321,15 @@ def place_platform_engines(stage: Path, served: dict, artifacts: list[Artifact],
         for a in found:
             src = stage / a.path
             dst_name = filename if kind == "onnx" else f"model.sm{a.info['compute_capability'].replace('.', '')}.plan"
-            dst = stage / k.model_path(name, dst_name)
+            dst = stage / model_path(name, dst_name)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
             for extra in a.files:
                 if extra.endswith(".data"):
                     shutil.copy2(src.parent / extra, dst.parent / extra)
             if kind == "onnx":
-                rec["onnx_sha256"] = a.sha256 or k.sha256_file(src)   # the ORT TensorRT engine cache's key
+                placed[name] = {"onnx_sha256": a.sha256 or sha256_file(src)}
             if kind == "tensorrt":
-                plans.setdefault(name, {})[a.info["compute_capability"]] = dst_name
-                shutil.copy2(src, stage / k.model_path(name, filename))    # default_model_filename
-    return plans
+                placed.setdefault(name, {"plans": {}})["plans"][a.info["compute_capability"]] = dst_name
+                shutil.copy2(src, stage / model_path(name, filename))    # default_model_filename
+    return placed

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from export.runtime import tensorrt_missing
+from phoenix_runtime.engines import tensorrt_missing
 
 DYNAMIC_DIMS = ("B", "C")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .features import (Feature, add_features, batch_fields, check_declaration, entities, from_dicts, may_features,
-                       standard_features, to_dicts)
+from .features import (NUM_CONTINUOUS_ACTIONS, Feature, add_features, batch_fields, check_declaration, entities,
+                       from_dicts, may_features, standard_features, to_dicts)
 
 # January release: 19 engagement actions, upstream order (index = logit column).
 JANUARY_ACTIONS: tuple[str, ...] = (
@@ -180,5 +180,5 @@ def get_preset(name: str, retrieval: bool = False, release: str = "january", has
                   actions=MAY_ACTIONS if release == "may" else JANUARY_ACTIONS)
     if retrieval:
         return PhoenixRetrievalModelConfig(**common).replace(**overrides)
-    cont = 8 if release == "may" else 0
+    cont = NUM_CONTINUOUS_ACTIONS if release == "may" else 0
     return PhoenixModelConfig(candidate_seq_len=c, num_continuous_actions=cont, **common).replace(**overrides)

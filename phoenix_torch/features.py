@@ -37,6 +37,11 @@ from typing import ClassVar
 SIDES = ("user", "history", "candidate")
 SIDE_DIMS = {"user": ("B",), "history": ("B", "S"), "candidate": ("B", "C")}
 REDUCTIONS = {"user": "proj_mat_1", "history": "proj_mat_3", "candidate": "proj_mat_2"}  # upstream names
+# The May release's continuous actions (proto ContinuousActionName, column 1 = dwell time): the width of the
+# history input and of the continuous head, the hidden width of their MLP, the normalisation scale (seconds).
+NUM_CONTINUOUS_ACTIONS = 8
+CONTINUOUS_HIDDEN_DIM = 64
+CONTINUOUS_NORM_SCALE = 30.0
 
 
 @dataclass(frozen=True)
@@ -322,8 +327,9 @@ def standard_features(num_user_hashes: int = 2, num_item_hashes: int = 2, num_au
 
 def may_features(num_user_hashes: int = 2, num_item_hashes: int = 2, num_author_hashes: int = 2,
                  num_ip_hashes: int = 0, product_surface_vocab_size: int = 16, post_age_granularity_mins: int = 60,
-                 num_continuous_actions: int = 8, continuous_action_hidden_dim: int = 64,
-                 continuous_norm_scale: float = 30.0) -> tuple[Feature, ...]:
+                 num_continuous_actions: int = NUM_CONTINUOUS_ACTIONS,
+                 continuous_action_hidden_dim: int = CONTINUOUS_HIDDEN_DIM,
+                 continuous_norm_scale: float = CONTINUOUS_NORM_SCALE) -> tuple[Feature, ...]:
     """The May release's ranker inputs: January's plus IP hashes added to the user token, the history dwell
     time (column 1 of `history_continuous_actions`) and the candidate post age."""
     jan = standard_features(num_user_hashes, num_item_hashes, num_author_hashes, product_surface_vocab_size)

@@ -21,11 +21,14 @@ import torch
 
 from .config import (ATTENTION_IMPLS, JANUARY_ACTIONS, MAY_ACTIONS, HashConfig, PhoenixModelConfig,
                      PhoenixRetrievalModelConfig, TransformerConfig, release_features)
+from .features import CONTINUOUS_HIDDEN_DIM, CONTINUOUS_NORM_SCALE, NUM_CONTINUOUS_ACTIONS
 from .inputs import RecsysBatch, RecsysEmbeddings
 from .parity import TOLERANCE, max_abs_err, precision_of
 from .ranker import PhoenixModel
 from .retrieval import PhoenixRetrievalModel
 from .weights import load_upstream_params
+
+RELEASED_CONTINUOUS = (NUM_CONTINUOUS_ACTIONS, CONTINUOUS_HIDDEN_DIM, CONTINUOUS_NORM_SCALE, False)
 
 
 def config_from_json(cfg: dict, attention_impl: str = "isolated"):
@@ -39,8 +42,9 @@ def config_from_json(cfg: dict, attention_impl: str = "isolated"):
                                 cfg.get("post_age_granularity_mins", 60))
     if release == "may" and not retrieval:
         if (cfg["num_continuous_actions"], cfg["continuous_action_hidden_dim"], cfg["continuous_norm_scale"],
-                cfg["continuous_use_log"]) != (8, 64, 30.0, False):
-            raise ValueError("config_json: only the released continuous-action settings (8, 64, 30, no log) are known")
+                cfg["continuous_use_log"]) != RELEASED_CONTINUOUS:
+            raise ValueError(f"config_json: only the released continuous-action settings {RELEASED_CONTINUOUS} "
+                             f"(actions, hidden width, scale, log) are known")
     actions = MAY_ACTIONS if release == "may" else JANUARY_ACTIONS
     if cfg["num_actions"] != len(actions):
         raise ValueError(f"config_json: num_actions {cfg['num_actions']} but the {release} list has {len(actions)}")

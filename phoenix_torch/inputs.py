@@ -12,6 +12,8 @@ import contextlib
 
 import torch
 
+from phoenix_runtime.request import value_problem
+
 from .features import Field, HashedFeature, active, batch_fields
 
 
@@ -92,25 +94,15 @@ def _check_shape(name: str, t, expected: tuple, dims: dict[str, int]) -> None:
 
 
 def _check_values(f: Field, t: torch.Tensor, vocab: dict[str, int] | None) -> None:
+    """The value rule of the field's check kind (phoenix_runtime.request.value_problem, the served check)."""
     if f.dtype == "int64" and (t.is_floating_point() or t.dtype == torch.bool or t.is_complex()):
         raise TypeError(f"{f.name}: expected an integer tensor, got {t.dtype}")
     if f.dtype == "float32" and not t.is_floating_point():
         raise TypeError(f"{f.name}: expected a floating-point tensor, got {t.dtype}")
-    if not t.numel():
-        return
-    if f.check == "multi_hot" and not bool(((t == 0) | (t == 1)).all()):
-        raise ValueError(f"{f.name}: must be multi-hot 0/1")
-    if f.check == "finite" and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{f.name}: holds a NaN or infinite value")
-    if f.check == "time" and int(t.min()) < 0:
-        raise ValueError(f"{f.name}: timestamps must be >= 0 seconds (0 = unknown), found {int(t.min())}")
-    if f.check in ("hash", "index"):
-        high = vocab.get(f.entity) if (f.check == "hash" and vocab) else f.high
-        lo, hi = int(t.min()), int(t.max())
-        if lo < 0 or (high is not None and hi >= high):
-            what = "hash" if f.check == "hash" else "value"
-            raise ValueError(f"{f.name}: {what}s must be in [0, {high if high is not None else 'vocab'}), "
-                             f"found range [{lo}, {hi}]")
+    high = vocab.get(f.entity) if (f.check == "hash" and vocab) else f.high
+    problem = value_problem(f.check, t.detach(), high, f.entity)
+    if problem:
+        raise ValueError(f"{f.name}: {problem}")
 
 
 def validate_batch(batch: RecsysBatch, config, vocab: dict[str, int] | None = None, features=None) -> dict[str, int]:

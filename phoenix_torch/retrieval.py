@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from phoenix_runtime.topk import exact_top_k
+
 from .config import PhoenixRetrievalModelConfig
 from .features import HashedFeature, active
 from .inputs import RecsysBatch, RecsysEmbeddings, should_check_inputs
 from .ranker import UserHistoryEncoder, flat
 from .transformer import default_positions, linear_param
-
-MASKED_SCORE = -1e12   # upstream's score of a corpus row outside `corpus_mask`
 
 
 class RetrievalOutput(NamedTuple):
@@ -85,16 +85,12 @@ class PhoenixRetrievalModel(UserHistoryEncoder):
 def retrieve_top_k(user_representation: torch.Tensor, corpus: torch.Tensor, top_k: int,
                    corpus_mask: torch.Tensor | None = None):
     """Exact top-k of user @ corpus.T, best first -> (indices, scores); rows outside corpus_mask [N] (bool)
-    score MASKED_SCORE."""
-    if corpus.dim() != 2 or corpus.shape[1] != user_representation.shape[-1]:
-        raise ValueError(f"corpus: expected [N, {user_representation.shape[-1]}], got {tuple(corpus.shape)}")
-    if not 0 < top_k <= corpus.shape[0]:
-        raise ValueError(f"top_k must be in [1, {corpus.shape[0]}] (corpus size), got {top_k}")
-    scores = user_representation.float() @ corpus.float().T
-    if corpus_mask is not None:
-        if corpus_mask.shape != (corpus.shape[0],) or corpus_mask.dtype != torch.bool:
-            raise ValueError(f"corpus_mask: expected bool [{corpus.shape[0]}], got {corpus_mask.dtype} "
-                             f"{tuple(corpus_mask.shape)}")
-        scores = torch.where(corpus_mask[None, :], scores, torch.full_like(scores, MASKED_SCORE))
-    top = torch.topk(scores, top_k, dim=-1, sorted=True)
-    return top.indices, top.values
+    score MASKED_SCORE. The served retrieval's own search (phoenix_runtime.topk), on the host."""
+    if corpus_mask is not None and (corpus_mask.shape != (corpus.shape[0],) or corpus_mask.dtype != torch.bool):
+        raise ValueError(f"corpus_mask: expected bool [{corpus.shape[0]}], got {corpus_mask.dtype} "
+                         f"{tuple(corpus_mask.shape)}")
+    idx, scores = exact_top_k(user_representation.detach().float().cpu().numpy(),
+                              corpus.detach().float().cpu().numpy(), top_k,
+                              None if corpus_mask is None else corpus_mask.cpu().numpy())
+    device = user_representation.device
+    return torch.from_numpy(idx).to(device), torch.from_numpy(scores).to(device)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from export import contract
+from phoenix_runtime.manifest import MANIFEST
 from serving.server import PROJECT_ROOT, ServerError, TritonServer
 
 
@@ -31,7 +31,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     console = Console()
     repo = Path(args.model_repository)
-    if args.rebuild or not (repo / contract.MANIFEST).exists():
+    if args.rebuild or not (repo / MANIFEST).exists():
         from export import build
         console.print(f"[bold]building the demo repository in {repo}[/] (python -m export.build)")
         rc = build.main(["--preset", "demo", "--target", "cpu", "--output", str(repo)])

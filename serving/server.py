@@ -182,7 +182,7 @@ def explain_failure(log: str, ports: dict[str, int]) -> str:
 
 def repository_models(model_repository: Path) -> list[str]:
     """The models a complete build holds (its manifest's Triton configs); ServerError when it is not one."""
-    from export.contract import ManifestError, artifact_files, read_manifest
+    from phoenix_runtime.manifest import ManifestError, artifact_files, read_manifest
 
     try:
         manifest = read_manifest(model_repository)

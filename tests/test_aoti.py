@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_build
 
-from export import aoti, contract
+from export import aoti
 from export.graphs import candidate_tower_graph, ranker_graph
-from export.runtime import EngineUnavailable, available_engines, load_engine, open_engine
+from phoenix_runtime.engines import EngineUnavailable, available_engines, load_engine, open_engine
+from phoenix_runtime.manifest import find_artifact, read_manifest, verify
 from phoenix_torch import PhoenixModel, PhoenixModelConfig, PhoenixRetrievalModel, get_preset, init_seeded
 from phoenix_torch.parity import TOLERANCE, max_abs_err
-
-from conftest import run_build
 
 SIZES = ({"B": 1, "C": 1}, {"B": 2, "C": 8}, {"B": 5, "C": 13})
 EXACT = 1e-5   # isolation: what a candidate's logits may move when something they must not see changes
@@ -27,7 +27,7 @@ def repo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def manifest(repo):
-    return contract.read_manifest(repo)
+    return read_manifest(repo)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_build_records_checked_engines_inside_the_model_folder(repo, manifest):
     for kind in ("torch_export", "aoti"):
         assert 0 <= arts[kind]["info"]["parity_max_abs_err"] <= TOLERANCE["fp32"]
     assert manifest["served"]["phoenix_ranker"]["engine"] == "aoti"
-    assert contract.verify(repo, manifest) == []
+    assert verify(repo, manifest) == []
 
 
 def test_every_engine_gives_the_same_outputs(spec, engines):
@@ -111,6 +111,6 @@ def test_bf16_package_matches_bf16_torch(tmp_path):
 
 
 def test_aoti_engine_refuses_another_device(repo, manifest):
-    art = contract.find_artifact(manifest, "ranker_embeddings", "aoti", "cpu")
+    art = find_artifact(manifest, "ranker_embeddings", "aoti", "cpu")
     with pytest.raises(EngineUnavailable, match="compiled for cpu, not cuda"):
         open_engine(art, repo, "cuda:0")

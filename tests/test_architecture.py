@@ -1,6 +1,8 @@
-"""The layout's rules, checked on the source: data flows phoenix_torch -> export -> serving, the import graph
-has no cycle and no arrow from export to serving, the modules the build copies into a model repository
-import nothing of this project, no private name crosses a module, and a fresh clone alone passes its tests."""
+"""The layout's rules, checked on the source: data flows phoenix_runtime -> phoenix_torch -> export -> serving ->
+benchmarks (and phoenix_runtime -> the Triton models), the import graph has no cycle and no upward arrow, the
+runtime package (copied whole into every model repository) imports only the standard library, numpy and, inside
+functions, an engine runtime, the Triton models import only the runtime package, no private name crosses a
+module, and a fresh clone alone passes its tests."""
 from __future__ import annotations
 
 import ast
@@ -13,14 +15,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("phoenix_torch", "export", "serving", "benchmarks")
-COPIED = {"export/contract.py", "export/runtime.py", "serving/batching.py", "serving/scoring.py"}
-RUNTIMES = {"onnxruntime", "torch", "tensorrt"}
+PACKAGES = ("phoenix_runtime", "phoenix_torch", "export", "serving", "benchmarks")
+# Each layer may import the layers before it (and itself), never one after it.
+LAYERS = ("phoenix_runtime", "phoenix_torch", "export", "serving", "benchmarks")
+RUNTIMES = {"onnxruntime", "torch", "tensorrt", "faiss"}      # engine runtimes: imported inside functions only
+TRITON_MODELS = sorted((ROOT / "triton_repo").glob("*/1/model.py"))
 
 
 def modules() -> dict[str, Path]:
-    return {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
-            for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    out = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+           for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    out.update({f"triton_repo.{p.parts[-3]}": p for p in TRITON_MODELS})     # the Triton models are nodes too
+    return out
 
 
 def imports(name: str, path: Path) -> list[tuple[str, list[str]]]:
@@ -53,13 +59,23 @@ def project_graph() -> dict[str, set[str]]:
 def test_data_flows_one_way():
     for m, deps in project_graph().items():
         top = m.split(".")[0]
-        tops = {d.split(".")[0] for d in deps}
-        if top == "phoenix_torch":
-            assert tops <= {"phoenix_torch"}, f"{m} imports {deps}"
-        if top == "export":
-            assert "serving" not in tops and "benchmarks" not in tops, f"{m} imports {deps}"
-        if top == "serving":
-            assert "benchmarks" not in tops, f"{m} imports {deps}"
+        if top == "triton_repo":
+            assert {d.split(".")[0] for d in deps} <= {"phoenix_runtime"}, f"{m} imports {deps}"
+            continue
+        allowed = set(LAYERS[:LAYERS.index(top) + 1])
+        upward = {d for d in deps if d.split(".")[0] not in allowed}
+        assert not upward, f"{m} imports {sorted(upward)}, a later layer than {top}"
+
+
+def test_the_triton_models_import_only_the_runtime_package():
+    """Each model.py: the standard library, numpy, triton_python_backend_utils, phoenix_runtime by its own name and
+    (retrieval's index) an engine runtime."""
+    stdlib = set(sys.stdlib_module_names)
+    for path in TRITON_MODELS:
+        tops = {t.split(".")[0] for t, _ in imports("model", path)}
+        assert "phoenix_runtime" in tops, f"{path} does not use the runtime package"
+        assert tops <= stdlib | RUNTIMES | {"numpy", "triton_python_backend_utils", "phoenix_runtime"}, \
+            f"{path} imports {tops}"
 
 
 def test_the_import_graph_has_no_cycle():
@@ -81,20 +97,38 @@ def test_the_import_graph_has_no_cycle():
             visit(m)
 
 
-def test_copied_modules_import_nothing_of_this_project():
-    """The build copies these into the repository (export.contract.SERVING_PACKAGES): only the standard library,
-    numpy, their own package (relative imports) and an engine's runtime, imported where it is used."""
-    import sys as _sys
-    stdlib = set(_sys.stdlib_module_names)
-    for rel in COPIED:
-        path = ROOT / rel
-        for node in ast.walk(ast.parse(path.read_text())):
+def test_the_runtime_package_imports_only_the_standard_library_and_numpy():
+    """phoenix_runtime is copied whole into every model repository, which serves without this project: its modules
+    import the standard library, numpy and each other; an engine runtime (onnxruntime, torch, tensorrt, faiss)
+    only inside the function that needs it."""
+    stdlib = set(sys.stdlib_module_names)
+    for path in sorted((ROOT / "phoenix_runtime").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.level:
                 continue
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) else []
             for n in names:
-                assert n.split(".")[0] in stdlib | {"numpy"} | RUNTIMES, f"{rel} imports {n}"
+                top = n.split(".")[0]
+                if top in RUNTIMES:
+                    assert id(node) not in top_level, f"{path.name} imports {n} at module level"
+                    continue
+                assert top in stdlib | {"numpy", "phoenix_runtime"}, f"{path.name} imports {n}"
+
+
+def test_the_build_copies_the_runtime_package_whole_under_its_own_name(demo_repo):
+    """Every Python-backend model folder of a build holds model.py and phoenix_runtime/, file for file the tree's
+    package (no renamed copy, no extra module)."""
+    tree = {p.name: p.read_bytes() for p in (ROOT / "phoenix_runtime").glob("*.py")}
+    folders = [p.parent for p in demo_repo.glob("*/1/model.py")]
+    assert folders
+    for folder in folders:
+        sources = {str(p.relative_to(folder)) for p in folder.rglob("*.py")}
+        assert sources == {"model.py", *(f"phoenix_runtime/{n}" for n in tree)}, folder
+        for name, data in tree.items():
+            assert (folder / "phoenix_runtime" / name).read_bytes() == data, f"{folder}/phoenix_runtime/{name}"
 
 
 def test_the_feature_declaration_needs_no_torch():

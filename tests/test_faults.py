@@ -35,12 +35,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from export import contract                                    # noqa: E402
-from serving.batching import stack_rows                        # noqa: E402
-from serving.client import PhoenixClient                       # noqa: E402
-from serving.cli import demo_request                           # noqa: E402
-from serving.server import SHM, TritonServer                   # noqa: E402
-from serving.supervisor import http_request, stubs             # noqa: E402
+from phoenix_runtime.batching import stack_rows  # noqa: E402
+from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENSEMBLE, ENSEMBLE_EMBEDDINGS, MANIFEST,  # noqa: E402
+                                      POSTPROCESS, RANKER, RETRIEVAL, read_manifest)
+from phoenix_runtime.request import Limits  # noqa: E402
+from serving.cli import demo_request  # noqa: E402
+from serving.client import PhoenixClient  # noqa: E402
+from serving.server import SHM, TritonServer  # noqa: E402
+from serving.supervisor import http_request, stubs  # noqa: E402
 
 MAX_REQUEST_MB = 8          # the build's request-size limit: small, so one test reaches it cheaply
 BUILD = ["--preset", "demo", "--target", "cpu", "--engines", "none", "--vocab", "2000", "--corpus", "64",
@@ -72,7 +74,7 @@ def server(repo, events):
 
 @pytest.fixture(scope="module")
 def limits(repo):
-    return contract.Limits.from_dict(contract.read_manifest(repo)["limits"])
+    return Limits.from_dict(read_manifest(repo)["limits"])
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -91,7 +93,7 @@ def with_candidates(arrays: dict, c: int) -> dict:
             for k, v in arrays.items()}
 
 
-def infer(url: str, arrays: dict, model: str = contract.ENSEMBLE, protocol: str = "grpc", timeout: float = 60):
+def infer(url: str, arrays: dict, model: str = ENSEMBLE, protocol: str = "grpc", timeout: float = 60):
     """(True, {output: array}) or (False, (status, message)); status 400 / 'StatusCode.INVALID_ARGUMENT' ..."""
     if protocol == "grpc":
         import tritonclient.grpc as t
@@ -157,7 +159,7 @@ def stub_of(server_pid: int, model: str):
 
 
 def ranker_stats(http_url: str) -> dict:
-    with urllib.request.urlopen(f"http://{http_url}/v2/models/{contract.RANKER}/stats", timeout=10) as r:
+    with urllib.request.urlopen(f"http://{http_url}/v2/models/{RANKER}/stats", timeout=10) as r:
         s = json.loads(r.read())["model_stats"][0]
     return {"executions": int(s["execution_count"]), "inferences": int(s["inference_count"])}
 
@@ -195,14 +197,14 @@ def test_repository_with_missing_files_is_refused(repo, tmp_path):
 
     partial = tmp_path / "partial"
     partial.mkdir()
-    (partial / contract.MANIFEST).write_text((repo / contract.MANIFEST).read_text())
+    (partial / MANIFEST).write_text((repo / MANIFEST).read_text())
     with pytest.raises(ServerError, match="refusing to serve .*config.pbtxt"):
         TritonServer(partial).start()
     for name in os.listdir(repo):           # every config present, one engine file missing
         src = repo / name
         if src.is_dir():
             subprocess.run(["cp", "-r", str(src), str(partial / name)], check=True)
-    manifest = contract.read_manifest(repo)
+    manifest = read_manifest(repo)
     victim = next(a["path"] for a in manifest["artifacts"] if a["kind"] == "table")
     (partial / victim).unlink()
     with pytest.raises(ServerError, match=f"refusing to serve .*missing: .*{re.escape(victim)}"):
@@ -266,7 +268,7 @@ def test_ragged_candidate_inputs_are_refused_naming_both(server, client):
     # the postprocess on its own: logits of 4 candidates, hashes of 3
     post = {"logits": np.zeros((1, 4, len(client.actions)), np.float32), "input_error": np.zeros((1, 1), np.int32),
             "candidate_post_hashes": np.ones((1, 3, 2), np.int64)}
-    ok, (status, message) = infer(server.http_url, post, contract.POSTPROCESS, "http")
+    ok, (status, message) = infer(server.http_url, post, POSTPROCESS, "http")
     assert not ok and status == "400" and "logits" in message and "candidate_post_hashes" in message, message
 
 
@@ -291,7 +293,7 @@ def test_out_of_range_and_empty_inputs_get_400_over_http(server, client, limits)
         "B = 0": ({k: v[:0] for k, v in base.items()}, None, ""),     # Triton core: "input byte size mismatch"
     }
     for what, (arrays, replace, named) in cases.items():
-        status, body = http_post(server.http_url, f"/v2/models/{contract.ENSEMBLE}/infer", json_body(arrays, replace))
+        status, body = http_post(server.http_url, f"/v2/models/{ENSEMBLE}/infer", json_body(arrays, replace))
         assert status == 400, f"{what}: HTTP {status} {body}"
         assert named in body, f"{what}: {body}"
     # the same checks guard the other Python models on their own
@@ -302,16 +304,16 @@ def test_out_of_range_and_empty_inputs_get_400_over_http(server, client, limits)
             ("retrieval top_k 0", {**retrieval, "top_k": np.zeros((1, 1), np.int32)}, None, "top_k"),
             ("retrieval top_k above the maximum", {**retrieval, "top_k": np.full((1, 1), 10 ** 6, np.int32)},
              None, "top_k")):
-        status, body = http_post(server.http_url, f"/v2/models/{contract.RETRIEVAL}/infer", json_body(arrays, replace))
+        status, body = http_post(server.http_url, f"/v2/models/{RETRIEVAL}/infer", json_body(arrays, replace))
         assert status == 400 and named in body, f"{what}: HTTP {status} {body}"
     post = {"logits": np.zeros((1, 3, len(client.actions)), np.float32), "input_error": np.zeros((1, 1), np.int32),
             "candidate_post_hashes": np.full((1, 3, 2), vocab, np.int64)}
-    status, body = http_post(server.http_url, f"/v2/models/{contract.POSTPROCESS}/infer", json_body(post))
+    status, body = http_post(server.http_url, f"/v2/models/{POSTPROCESS}/infer", json_body(post))
     assert status == 400 and "candidate_post_hashes" in body, body
     post = {**post, "candidate_post_hashes": np.ones((1, 3, 2), np.int64),
             "logits": np.zeros((1, limits.max_candidates + 1, len(client.actions)), np.float32)}
     post["candidate_post_hashes"] = np.ones((1, limits.max_candidates + 1, 2), np.int64)
-    status, body = http_post(server.http_url, f"/v2/models/{contract.POSTPROCESS}/infer", json_body(post))
+    status, body = http_post(server.http_url, f"/v2/models/{POSTPROCESS}/infer", json_body(post))
     assert status == 400 and "max_candidates" in body, body
 
 
@@ -418,7 +420,7 @@ def _kill_under_load(server, client, model: str, seconds: float = 60.0):
     return recovered, red, alone, reqs, log, region
 
 
-@pytest.mark.parametrize("model", [contract.RANKER, contract.POSTPROCESS])
+@pytest.mark.parametrize("model", [RANKER, POSTPROCESS])
 def test_killed_model_process_heals_with_identical_answers(server, client, events, model):
     before = len(events)
     recovered, red, alone, reqs, log, region = _kill_under_load(server, client, model)
@@ -429,7 +431,7 @@ def test_killed_model_process_heals_with_identical_answers(server, client, event
     assert not any(ok and not same for _, ok, same in log), "a request got another answer than before the kill"
     # alone, after the heal, each request gets bit for bit the answer it got alone before the kill
     assert not region.exists(), f"the dead stub's shared-memory region {region} is still there"
-    for m in (contract.ENSEMBLE, contract.ENSEMBLE_EMBEDDINGS, model):       # ensembles that use it are back
+    for m in (ENSEMBLE, ENSEMBLE_EMBEDDINGS, model):       # ensembles that use it are back
         assert http_status(server.http_url, f"/v2/models/{m}/ready") == 200, m
     for arrays, expected in zip(reqs, alone):
         ok, out = infer(server.grpc_url, arrays)
@@ -439,7 +441,7 @@ def test_killed_model_process_heals_with_identical_answers(server, client, event
 
 
 def test_unloading_a_model_on_purpose_is_not_healed(server, events):
-    model = contract.CANDIDATE_TOWER
+    model = CANDIDATE_TOWER
     before = len(events)
     assert http_post(server.http_url, f"/v2/repository/models/{model}/unload", b"{}")[0] == 200
     time.sleep(2.0)                               # four supervisor polls
@@ -518,6 +520,7 @@ def entry_point(repo: Path, folder: Path, server_args: list[str], supervisor_arg
     code) runs tritonserver with the image's flags plus `server_args` as its child. Yields (process, HTTP url,
     gRPC url, log) once the supervisor watches; stops it with SIGTERM unless the test already did."""
     import shutil
+
     from serving.server import free_port, server_command
 
     script = folder / "supervisor.py"
@@ -556,7 +559,7 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
             before = client.score(**request).ranking
             triton = _children(p.pid)
             assert len(triton) == 1
-            os.kill(stub_of(triton[0], contract.RANKER)[0], signal.SIGKILL)
+            os.kill(stub_of(triton[0], RANKER)[0], signal.SIGKILL)
             deadline, after = time.monotonic() + 60, None
             while after is None and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -572,7 +575,7 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
     # 0, or 1 when the killed instance's unload still waits for its dead stub (Triton's stub timeout, 30 s)
     # as --exit-timeout-secs runs out: tritonserver then exits at once, still through its own shutdown
     assert p.returncode == 0 or (p.returncode == 1 and "Exit timeout expired" in err), err[-3000:]
-    assert f"'{contract.RANKER}' reloaded" in err, err[-3000:]
+    assert f"'{RANKER}' reloaded" in err, err[-3000:]
     assert not Path(f"/proc/{triton[0]}").exists() or "Z" in Path(f"/proc/{triton[0]}/stat").read_text()
 
 
@@ -584,7 +587,7 @@ HANG_TIMEOUT = 8.0          # the module server's --hang-timeout
 def test_a_stopped_model_process_is_killed_and_reloaded(server, client, events):
     """A stub that stops (SIGSTOP, a cgroup freezer) is alive but answers nothing: Triton fails every request to
     its model as "not healthy", for good. The supervisor kills it after the hang timeout and heals the model."""
-    model = contract.POSTPROCESS
+    model = POSTPROCESS
     arrays = request_arrays(client, seed=300)
     ok, expected = infer(server.grpc_url, arrays)
     assert ok, expected

@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_build
-from export import contract
-from export.models import ModelSource, features_from_json, load_models, torch_tables
 from model_fixtures import EXTRA_FEATURES
+
+from export.models import ModelSource, features_from_json, load_models, torch_tables
+from phoenix_runtime.manifest import read_manifest
 from phoenix_torch import HashedPhoenixModel, RecsysBatch
 from serving.client import PhoenixClient, PhoenixInputError
 from serving.server import TritonServer
@@ -48,7 +48,7 @@ def test_the_json_declaration_round_trips():
 
 
 def test_added_features_reach_every_layer(repo):
-    m = contract.read_manifest(repo)
+    m = read_manifest(repo)
     ranker_inputs = {s["name"]: s for s in m["served"]["phoenix_ranker"]["inputs"]}
     lang, media = ranker_inputs["user_language_hashes"], ranker_inputs["candidate_media_category"]
     assert (lang["shape"], lang["entity"], lang["key"], lang["high"]) == (["B", 1], "language", "language_id", 300)

@@ -10,10 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import MAY_ARTIFACTS
-from export import build, contract
+
+from export import build
 from export.artifacts import read_release
+from phoenix_runtime.hashing import hash_ids
+from phoenix_runtime.manifest import read_manifest, verify
 from phoenix_torch import PhoenixModel, PhoenixRetrievalModel, RecsysBatch, load_upstream_params, read_tables
 from serving.client import PhoenixClient, PhoenixInputError
 from serving.pipeline import format_table, pipeline_weighted, read_sequence, run_pipeline
@@ -27,7 +29,7 @@ def server(may_repo):
 
 
 def test_the_manifest_holds_the_release(may_repo):
-    m = contract.read_manifest(may_repo)
+    m = read_manifest(may_repo)
     assert m["release"] == "may" and m["model_config"]["num_continuous_actions"] == 8
     assert m["hashing"]["item"]["modulus"] == 2305843009213693951             # ranker/config.json's constants
     assert m["retrieval_hashing"]["user"]["modulus"] == 4294967311            # retrieval/config.json's
@@ -165,17 +167,17 @@ def test_bf16_pipeline_agrees_with_upstreams_bf16_run_in_distribution():
         for i, h in enumerate(seq["history"]):
             for a in h["actions"]:
                 actions[0, i, int(a)] = 1.0
-        t = {"user_hashes": contract.hash_ids(np.array([seq["user_id"]], np.uint64), hashing["user"]),
-             "history_post_hashes": contract.hash_ids(ids, hashing["item"])[None],
-             "history_author_hashes": contract.hash_ids(auth, hashing["author"])[None],
+        t = {"user_hashes": hash_ids(np.array([seq["user_id"]], np.uint64), hashing["user"]),
+             "history_post_hashes": hash_ids(ids, hashing["item"])[None],
+             "history_author_hashes": hash_ids(auth, hashing["author"])[None],
              "history_actions": actions, "history_product_surface": np.zeros((1, S), np.int64),
-             "candidate_post_hashes": contract.hash_ids(posts, hashing["item"])[None],
-             "candidate_author_hashes": contract.hash_ids(authors, hashing["author"])[None],
+             "candidate_post_hashes": hash_ids(posts, hashing["item"])[None],
+             "candidate_author_hashes": hash_ids(authors, hashing["author"])[None],
              "candidate_product_surface": np.zeros((1, len(posts)), np.int64)}
         return RecsysBatch(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in t.items()})
 
-    from export.models import torch_tables
     from export.artifacts import read_corpus
+    from export.models import torch_tables
     corpus = read_corpus(rel.corpus, 128)
     b = batch(rel.retrieval.hashing, corpus.post_ids[:1], corpus.author_ids[:1], None)
     rt = torch_tables(read_tables(rel.retrieval.tables, rel.retrieval.vocab))
@@ -198,13 +200,14 @@ def test_an_approximate_faiss_index_and_a_swapped_corpus(tmp_path, may_repo):
     """export.corpus swaps the corpus of a built repository without a rebuild, here also to an approximate
     FAISS HNSW index (its recall against upstream's exact top 200 measured here)."""
     import faiss  # noqa: F401  (test extra: the approximate path is tested, never skipped)
+
     from export import corpus as corpus_cli
 
     repo = tmp_path / "repo"
     shutil.copytree(may_repo, repo)
     assert corpus_cli.main(["--repository", str(repo), "--corpus", str(MAY_ARTIFACTS / "sports_corpus.npz"),
                             "--index", "faiss"]) == 0
-    assert (repo / "phoenix_retrieval" / "1" / "corpus.faiss").exists() and contract.verify(repo) == []
+    assert (repo / "phoenix_retrieval" / "1" / "corpus.faiss").exists() and verify(repo) == []
     seq = read_sequence(MAY_ARTIFACTS / "example_sequence.json", [""] * 19, 127)
     expected = np.load(MAY_ARTIFACTS / "expected_pipeline_fp32.npz")
     with np.load(MAY_ARTIFACTS / "sports_corpus.npz") as z:
@@ -220,6 +223,6 @@ def test_an_approximate_faiss_index_and_a_swapped_corpus(tmp_path, may_repo):
         client.triton.load_model("phoenix_retrieval")
         swapped = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=10)
         assert set(swapped["top_k_post_ids"].tolist()) <= set(posts[::2].tolist())
-        m = contract.read_manifest(repo)
-        assert contract.verify(repo) == [] and m["served"]["phoenix_retrieval"]["corpus_rows"] == len(posts[::2])
+        m = read_manifest(repo)
+        assert verify(repo) == [] and m["served"]["phoenix_retrieval"]["corpus_rows"] == len(posts[::2])
         assert not (repo / "phoenix_retrieval" / "1" / "corpus.faiss").exists()

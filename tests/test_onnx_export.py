@@ -10,14 +10,16 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from model_fixtures import EXTRA_FEATURES
 
 from export.graphs import GraphSpec, TensorSpec, candidate_tower_graph, ranker_graph, user_tower_graph
 from export.onnx_export import OnnxExportError, check_graph, emulate_bf16, export_onnx, graph_dims, op_types
-from export.runtime import EngineInputError, OnnxRuntimeEngine
-from model_fixtures import EXTRA_FEATURES
+from phoenix_runtime.engines import OnnxRuntimeEngine
+from phoenix_runtime.request import RequestError
 from phoenix_torch import (HashEmbeddingTables, PhoenixModel, PhoenixRetrievalModel, RecsysBatch, get_preset,
                            init_seeded, load_upstream_params)
 from phoenix_torch.features import entities
+from phoenix_torch.parity import TOLERANCE
 
 VOCAB = 1000
 B_VALUES, C_VALUES = (1, 3, 8), (1, 5, 32, 200)
@@ -109,7 +111,7 @@ def test_ranker_fp32_matches_torch_at_every_b_and_c(fp32, b):
         for c in C_VALUES:
             got, want = run_both(fp32[name], spec.random_inputs({"B": b, "C": c}, seed=10 * b + c))
             assert got["logits"].shape == (b, c, 19) and got["logits"].dtype == np.float32
-            np.testing.assert_allclose(got["logits"], want["logits"], atol=1e-4, rtol=0, err_msg=f"{name} B={b} C={c}")
+            np.testing.assert_allclose(got["logits"], want["logits"], atol=TOLERANCE["fp32"], rtol=0, err_msg=f"{name} B={b} C={c}")
             assert (got["input_error"] == 0).all() and got["input_error"].dtype == np.int32
 
 
@@ -120,7 +122,7 @@ def test_may_ranker_with_added_features_matches_torch(may):
         for b, c in ((1, 1), (2, 7), (3, 40)):
             got, want = run_both(may[name], spec.random_inputs({"B": b, "C": c}, seed=b + c))
             for out in ("logits", "continuous_preds"):
-                np.testing.assert_allclose(got[out], want[out], atol=1e-4, rtol=0, err_msg=f"{name} {out}")
+                np.testing.assert_allclose(got[out], want[out], atol=TOLERANCE["fp32"], rtol=0, err_msg=f"{name} {out}")
 
 
 def test_changing_one_candidates_post_age_in_the_graph_changes_only_it(may):
@@ -198,7 +200,7 @@ def test_towers_match_torch_and_hashes_in_equals_embeddings_in(fp32):
         for b in B_VALUES:
             got, want = run_both(fp32[name], fp32[name][0].random_inputs({"B": b}, seed=b))
             rep = fp32[name][0].output_names[0]
-            np.testing.assert_allclose(got[rep], want[rep], atol=1e-4, rtol=0, err_msg=f"{name} B={b}")
+            np.testing.assert_allclose(got[rep], want[rep], atol=TOLERANCE["fp32"], rtol=0, err_msg=f"{name} B={b}")
             np.testing.assert_allclose(np.linalg.norm(got[rep], axis=-1), 1.0, atol=1e-5)
     feed = fp32["user_tower"][0].random_inputs({"B": 3}, seed=7)
     emb = tables.lookup(RecsysBatch(**feed), retrieval.config.features)
@@ -227,7 +229,7 @@ def test_embeddings_in_graph_reproduces_the_upstream_jax_logits(fp32, golden_dir
         feed = {n: z[f"emb/{n}"] if n.endswith("embeddings") else z[f"batch/{n}"] for n in spec.input_names}
         want = z["out/logits"]
     feed = {n: v.astype(np.int64) if v.dtype == np.int32 else v for n, v in feed.items()}
-    np.testing.assert_allclose(engine(feed)["logits"], want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(engine(feed)["logits"], want, atol=TOLERANCE["fp32"], rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------- isolation
@@ -366,14 +368,14 @@ def test_saved_graphs_have_symbolic_b_and_c_and_no_mask_input(fp32):
 def test_engines_name_the_input_that_is_wrong(fp32):
     spec, engine, _ = fp32["ranker"]
     good = {k: v.numpy() for k, v in spec.random_inputs({"B": 2, "C": 3}, seed=1).items()}
-    with pytest.raises(EngineInputError, match="missing input.*candidate_product_surface"):
+    with pytest.raises(RequestError, match="missing input.*candidate_product_surface"):
         engine({k: v for k, v in good.items() if k != "candidate_product_surface"})
-    with pytest.raises(EngineInputError, match="unexpected input.*attention_mask"):
+    with pytest.raises(RequestError, match="unexpected input.*attention_mask"):
         engine({**good, "attention_mask": np.ones((2, 3), np.float32)})
-    with pytest.raises(EngineInputError, match="'user_hashes' has dtype int32, expected int64"):
+    with pytest.raises(RequestError, match="'user_hashes' has dtype int32, expected int64"):
         engine({**good, "user_hashes": good["user_hashes"].astype(np.int32)})
-    with pytest.raises(EngineInputError, match="'history_actions' has shape"):
+    with pytest.raises(RequestError, match="'history_actions' has shape"):
         engine({**good, "history_actions": good["history_actions"][:, :, 0]})
-    with pytest.raises(EngineInputError, match="'candidate_author_hashes' axis 1 \\(C\\) is 2 but input "
-                                               "'candidate_post_hashes' has C=3"):
+    with pytest.raises(RequestError, match="inputs 'candidate_post_hashes' and 'candidate_author_hashes' "
+                                            "disagree on C: 3 vs 2"):
         engine({**good, "candidate_author_hashes": good["candidate_author_hashes"][:, :2]})

@@ -18,14 +18,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import contract as k
-from export import repository as repo
-from export import tensorrt
-from export import build
+from export import build, repository as repo, tensorrt
 from export.artifacts import Corpus
 from export.build import graph_specs
-from export.contract import Artifact
 from export.models import ModelSource, load_models
+from phoenix_runtime.manifest import (ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, FORMAT, POSTPROCESS, RANKER,
+                                      RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact, model_path)
+from phoenix_runtime.request import DEFAULT_MAX_BATCH_SIZE, Limits, resolve_shape
 
 RELEASES = ("january", "may")
 GRAPHS = {"ranker", "ranker_embeddings", "user_tower", "user_tower_embeddings", "candidate_tower",
@@ -65,16 +64,16 @@ def served_records(built, opts: repo.RepositoryOptions, engine: str = "onnxrunti
 
 def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:
     models, _ = built
-    limits = k.Limits(opts.max_batch_size, opts.max_candidates, models.ranker.config.history_seq_len,
+    limits = Limits(opts.max_batch_size, opts.max_candidates, models.ranker.config.history_seq_len,
                       opts.max_request_bytes, opts.candidate_sizes)
-    return {"format": k.FORMAT, "release": models.release, "preset": "demo", "precision": "fp32",
+    return {"format": FORMAT, "release": models.release, "preset": "demo", "precision": "fp32",
             "target": opts.target, "limits": limits.to_dict(), "model_config": models.ranker.config.to_dict(),
             "hashing": {e: h.to_dict() for e, h in models.ranker_hashing.items()},
             "retrieval_hashing": {e: h.to_dict() for e, h in models.retrieval_hashing.items()},
             "served": served, "artifacts": []}
 
 
-PLANS = {m: {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"} for m in k.ENGINE_MODELS}
+PLANS = {m: {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"} for m in ENGINE_MODELS}
 
 
 def make_configs(built, target: str, **options) -> dict[str, mc.ModelConfig]:
@@ -82,7 +81,7 @@ def make_configs(built, target: str, **options) -> dict[str, mc.ModelConfig]:
     served = served_records(built, opts)
     cfgs = repo.configs(served, opts, built[0].ranker.config.candidate_seq_len,
                         PLANS if target == "gpu-tensorrt" else None)
-    repo.client_parameter(cfgs[k.POSTPROCESS], manifest_of(built, served, opts))
+    repo.client_parameter(cfgs[POSTPROCESS], manifest_of(built, served, opts))
     return {name: roundtrip(cfg) for name, cfg in cfgs.items()}
 
 
@@ -142,19 +141,19 @@ def dims_of(spec: dict) -> list[int]:
 def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
     configs = make_configs(built, target)
     served = served_records(built, repo.RepositoryOptions(target=target))
-    assert set(configs) == {*served, k.ENSEMBLE, k.ENSEMBLE_EMBEDDINGS}
+    assert set(configs) == {*served, ENSEMBLE, ENSEMBLE_EMBEDDINGS}
     for name, cfg in configs.items():
-        assert cfg.name == name and cfg.max_batch_size == k.DEFAULT_MAX_BATCH_SIZE
+        assert cfg.name == name and cfg.max_batch_size == DEFAULT_MAX_BATCH_SIZE
         assert cfg.platform == "ensemble" or cfg.version_policy.latest.num_versions == 1
-    check_ensemble(configs, k.ENSEMBLE)
-    check_ensemble(configs, k.ENSEMBLE_EMBEDDINGS)
-    assert [s.model_name for s in configs[k.ENSEMBLE].ensemble_scheduling.step] == [k.RANKER, k.POSTPROCESS]
-    assert [s.model_name for s in configs[k.ENSEMBLE_EMBEDDINGS].ensemble_scheduling.step] == \
-        [k.RANKER_EMBEDDINGS, k.POSTPROCESS]
+    check_ensemble(configs, ENSEMBLE)
+    check_ensemble(configs, ENSEMBLE_EMBEDDINGS)
+    assert [s.model_name for s in configs[ENSEMBLE].ensemble_scheduling.step] == [RANKER, POSTPROCESS]
+    assert [s.model_name for s in configs[ENSEMBLE_EMBEDDINGS].ensemble_scheduling.step] == \
+        [RANKER_EMBEDDINGS, POSTPROCESS]
 
     host = target in repo.HOST_TARGETS
     kind = mc.ModelInstanceGroup.KIND_CPU if target == "cpu" else mc.ModelInstanceGroup.KIND_GPU
-    for name in k.ENGINE_MODELS:
+    for name in ENGINE_MODELS:
         cfg, rec = configs[name], served[name]
         assert (cfg.backend, cfg.platform) == (("python", "") if host else ("", PLATFORM[target])), name
         assert [g.kind for g in cfg.instance_group] == [kind], name
@@ -170,22 +169,22 @@ def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
         (warmup,) = cfg.model_warmup
         assert set(warmup.inputs) == {i.name for i in cfg.input if not i.optional}
         assert all(d > 0 for w in warmup.inputs.values() for d in w.dims), f"{name}: warm-up dims must be concrete"
-    for name in (k.POSTPROCESS, k.RETRIEVAL):
+    for name in (POSTPROCESS, RETRIEVAL):
         cfg = configs[name]
         assert cfg.backend == "python"
         assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU], "numpy models stay on CPU"
-    assert configs[k.POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
+    assert configs[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
     # phoenix_retrieval takes the user tower's inputs unchanged, plus its own optional ones
-    retrieval = {i.name: (i.data_type, list(i.dims)) for i in configs[k.RETRIEVAL].input if not i.optional}
-    assert retrieval == {s["name"]: (repo._DTYPES[s["dtype"]], dims_of(s)) for s in served[k.USER_TOWER]["inputs"]}
-    assert {i.name for i in configs[k.RETRIEVAL].input if i.optional} == {"corpus_mask", "top_k"}
+    retrieval = {i.name: (i.data_type, list(i.dims)) for i in configs[RETRIEVAL].input if not i.optional}
+    assert retrieval == {s["name"]: (repo._DTYPES[s["dtype"]], dims_of(s)) for s in served[USER_TOWER]["inputs"]}
+    assert {i.name for i in configs[RETRIEVAL].input if i.optional} == {"corpus_mask", "top_k"}
 
     if target == "gpu-tensorrt":
-        for name in k.ENGINE_MODELS:
+        for name in ENGINE_MODELS:
             assert configs[name].default_model_filename == "model.plan"
             assert dict(configs[name].cc_model_filenames) == PLANS[name]
     elif target == "gpu-onnxruntime":
-        assert all(configs[n].default_model_filename == "model.onnx" for n in k.ENGINE_MODELS)
+        assert all(configs[n].default_model_filename == "model.onnx" for n in ENGINE_MODELS)
 
 
 @pytest.mark.parametrize("target", repo.TARGETS)
@@ -201,35 +200,35 @@ def test_configs_name_no_paths(built, target):
 # ------------------------------------------------------------------------------------------ the checker itself
 
 def _drop_input_map(cfgs):
-    del cfgs[k.ENSEMBLE].ensemble_scheduling.step[1].input_map["candidate_post_hashes"]
+    del cfgs[ENSEMBLE].ensemble_scheduling.step[1].input_map["candidate_post_hashes"]
 
 
 def _wrong_dtype(cfgs):
-    next(i for i in cfgs[k.POSTPROCESS].input if i.name == "logits").data_type = mc.TYPE_FP16
+    next(i for i in cfgs[POSTPROCESS].input if i.name == "logits").data_type = mc.TYPE_FP16
 
 
 def _wrong_dims(cfgs):
-    next(i for i in cfgs[k.ENSEMBLE].input if i.name == "user_hashes").dims[:] = [3]
+    next(i for i in cfgs[ENSEMBLE].input if i.name == "user_hashes").dims[:] = [3]
 
 
 def _optional_into_required(cfgs):
-    next(i for i in cfgs[k.ENSEMBLE].input if i.name == "candidate_post_hashes").optional = True
+    next(i for i in cfgs[ENSEMBLE].input if i.name == "candidate_post_hashes").optional = True
 
 
 def _unknown_output(cfgs):
-    cfgs[k.ENSEMBLE].ensemble_scheduling.step[0].output_map["no_such_output"] = "engine_x"
+    cfgs[ENSEMBLE].ensemble_scheduling.step[0].output_map["no_such_output"] = "engine_x"
 
 
 def _unproduced_ensemble_output(cfgs):
-    cfgs[k.ENSEMBLE].output.add(name="no_such_score", data_type=mc.TYPE_FP32, dims=[-1])
+    cfgs[ENSEMBLE].output.add(name="no_such_score", data_type=mc.TYPE_FP32, dims=[-1])
 
 
 def _unused_input(cfgs):
-    cfgs[k.ENSEMBLE].input.add(name="stray", data_type=mc.TYPE_INT64, dims=[-1])
+    cfgs[ENSEMBLE].input.add(name="stray", data_type=mc.TYPE_INT64, dims=[-1])
 
 
 def _missing_step_model(cfgs):
-    del cfgs[k.POSTPROCESS]
+    del cfgs[POSTPROCESS]
 
 
 @pytest.mark.parametrize("breakage", [_drop_input_map, _wrong_dtype, _wrong_dims, _optional_into_required,
@@ -238,10 +237,10 @@ def _missing_step_model(cfgs):
 def test_the_checker_fails_on_a_broken_map(built, breakage):
     """A passing check_ensemble means something: each kind of broken map fails it."""
     cfgs = make_configs(built, "gpu-tensorrt")
-    check_ensemble(cfgs, k.ENSEMBLE)
+    check_ensemble(cfgs, ENSEMBLE)
     breakage(cfgs)
     with pytest.raises((AssertionError, KeyError)):
-        check_ensemble(cfgs, k.ENSEMBLE)
+        check_ensemble(cfgs, ENSEMBLE)
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -251,22 +250,22 @@ def test_options_reach_the_configs(built):
                 top_k=7, weights={"weight.report": "-300"}, ort_tensorrt=True)
     configs = make_configs(built, "gpu-onnxruntime", **opts)
     assert all(c.max_batch_size == 8 for c in configs.values())
-    for name in k.ENGINE_MODELS:
+    for name in ENGINE_MODELS:
         assert configs[name].dynamic_batching.max_queue_delay_microseconds == 123
         assert configs[name].instance_group[0].count == 3
-    assert configs[k.POSTPROCESS].instance_group[0].count == 1
-    assert configs[k.POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
-    warm = configs[k.RANKER].model_warmup[0].inputs["candidate_post_hashes"]
+    assert configs[POSTPROCESS].instance_group[0].count == 1
+    assert configs[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
+    warm = configs[RANKER].model_warmup[0].inputs["candidate_post_hashes"]
     assert list(warm.dims)[0] == built[0].ranker.config.candidate_seq_len and warm.zero_data
-    client = __import__("json").loads(configs[k.POSTPROCESS].parameters["client_config"].string_value)
+    client = __import__("json").loads(configs[POSTPROCESS].parameters["client_config"].string_value)
     assert client["limits"]["max_batch_size"] == 8 and client["limits"]["candidate_sizes"] == [4, 32]
     assert client["limits"]["max_candidates"] == 32
     served = served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime", **opts))
-    assert served[k.RETRIEVAL]["top_k"] == 7
-    assert served[k.POSTPROCESS]["params"]["weights"]["report"] == -300.0
+    assert served[RETRIEVAL]["top_k"] == 7
+    assert served[POSTPROCESS]["params"]["weights"]["report"] == -300.0
     cpu = make_configs(built, "cpu", instances=2)
-    assert [g.count for g in cpu[k.RANKER].instance_group] == [2]
-    assert not cpu[k.RANKER].optimization.HasField("execution_accelerators")
+    assert [g.count for g in cpu[RANKER].instance_group] == [2]
+    assert not cpu[RANKER].optimization.HasField("execution_accelerators")
 
 
 def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
@@ -275,12 +274,12 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
     opts = repo.RepositoryOptions(target="gpu-onnxruntime", max_batch_size=16, max_candidates=256,
                                   candidate_sizes=(32, 256), ort_tensorrt=True)
     served = served_records(built, opts)
-    for name in k.ENGINE_MODELS:
+    for name in ENGINE_MODELS:
         served[name]["onnx_sha256"] = f"{name:0<64}"[:64]
     configs = repo.configs(served, opts, 8)
     profile = tensorrt.default_profile(opts)
     assert profile == {"B": (1, 8, 16), "C": (1, 32, 256)}
-    for name in k.ENGINE_MODELS:
+    for name in ENGINE_MODELS:
         (acc,) = configs[name].optimization.execution_accelerators.gpu_execution_accelerator
         assert acc.name == "tensorrt"
         params = dict(acc.parameters)
@@ -296,13 +295,13 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
             shapes = dict(item.split(":") for item in text.split(","))
             assert list(shapes) == [s["name"] for s in inputs], f"{name}: every input once, in order"
             for s in inputs:
-                want = k.resolve_shape(s["shape"], {"B": profile["B"][i], "C": profile["C"][i]})
+                want = resolve_shape(s["shape"], {"B": profile["B"][i], "C": profile["C"][i]})
                 assert tuple(int(d) for d in shapes[s["name"]].split("x")) == want, f"{name}.{s['name']} {corner}"
-    caches = {repo.ort_trt_cache_path(served[n]) for n in k.ENGINE_MODELS}
-    assert len(caches) == len(k.ENGINE_MODELS), "one cache folder per ONNX file"
+    caches = {repo.ort_trt_cache_path(served[n]) for n in ENGINE_MODELS}
+    assert len(caches) == len(ENGINE_MODELS), "one cache folder per ONNX file"
     without = repo.configs(served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime")),
                            repo.RepositoryOptions(target="gpu-onnxruntime"), 8)
-    assert not without[k.RANKER].optimization.HasField("execution_accelerators"), "opt-in only"
+    assert not without[RANKER].optimization.HasField("execution_accelerators"), "opt-in only"
 
 
 def test_place_platform_engines_records_the_onnx_sha256(built, tmp_path):
@@ -311,16 +310,16 @@ def test_place_platform_engines_records_the_onnx_sha256(built, tmp_path):
     served = served_records(built, opts)
     artifacts = []
     for name, rec in served.items():
-        if name in k.ENGINE_MODELS:
+        if name in ENGINE_MODELS:
             src = tmp_path / "graphs" / f"{rec['graph']}.onnx"
             src.parent.mkdir(exist_ok=True)
             src.write_bytes(rec["graph"].encode())
             artifacts.append(Artifact(f"{rec['graph']}_onnx", rec["graph"], "onnx", str(src.relative_to(tmp_path)))
                              .with_file_info(tmp_path))
     assert repo.place_platform_engines(tmp_path, served, artifacts, opts.target) == {}
-    for name in k.ENGINE_MODELS:
-        assert (tmp_path / k.model_path(name, "model.onnx")).read_bytes() == served[name]["graph"].encode()
-        assert served[name]["onnx_sha256"] == k.sha256_file(tmp_path / k.model_path(name, "model.onnx"))
+    for name in ENGINE_MODELS:
+        assert (tmp_path / model_path(name, "model.onnx")).read_bytes() == served[name]["graph"].encode()
+        assert served[name]["onnx_sha256"] == sha256_file(tmp_path / model_path(name, "model.onnx"))
 
 
 def test_one_plan_per_compute_capability(built, tmp_path):
@@ -330,7 +329,7 @@ def test_one_plan_per_compute_capability(built, tmp_path):
     served = served_records(built, opts)
     artifacts = []
     for name, rec in served.items():
-        if name not in k.ENGINE_MODELS:
+        if name not in ENGINE_MODELS:
             continue
         for cc in ("8.0", "9.0"):
             path = tmp_path / "plans" / f"{rec['graph']}.sm{cc.replace('.', '')}.plan"
@@ -341,11 +340,11 @@ def test_one_plan_per_compute_capability(built, tmp_path):
                                       info={"compute_capability": cc}))
     plans = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
     assert plans == PLANS
-    for name in k.ENGINE_MODELS:
+    for name in ENGINE_MODELS:
         for cc, filename in PLANS[name].items():
-            assert (tmp_path / k.model_path(name, filename)).read_bytes() == f"{served[name]['graph']} {cc}".encode()
-        assert (tmp_path / k.model_path(name, "model.plan")).is_file()
-    cfg = roundtrip(repo.configs(served, opts, 8, plans)[k.RANKER])
+            assert (tmp_path / model_path(name, filename)).read_bytes() == f"{served[name]['graph']} {cc}".encode()
+        assert (tmp_path / model_path(name, "model.plan")).is_file()
+    cfg = roundtrip(repo.configs(served, opts, 8, plans)[RANKER])
     assert dict(cfg.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
     assert cfg.default_model_filename == "model.plan"
     with pytest.raises(ValueError, match="tensorrt artifact"):
@@ -360,4 +359,4 @@ def test_written_configs_parse_from_disk(built, tmp_path):
     for name in cfgs:
         parsed = text_format.Parse((tmp_path / name / "config.pbtxt").read_text(), mc.ModelConfig())
         assert parsed == cfgs[name]
-        assert (tmp_path / name / k.VERSION).is_dir(), "Triton needs the version folder, ensembles too"
+        assert (tmp_path / name / VERSION).is_dir(), "Triton needs the version folder, ensembles too"

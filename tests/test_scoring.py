@@ -1,4 +1,4 @@
-"""serving/scoring.py (the math) with export/contract.py's sources and parameters (the names and weights),
+"""phoenix_runtime/scoring.py: the math with its sources and parameters (the names and weights),
 against hand-computed home-mixer numbers.
 
 Rust references are x-algorithm's home-mixer at the January release (aaa167b3): scorers/weighted_scorer.rs,
@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import contract
-from serving import scoring
+from phoenix_runtime import scoring
 
 JANUARY = [
     "favorite", "reply", "repost", "photo_expand", "click", "profile_click", "vqv", "share", "share_via_dm",
@@ -66,21 +65,21 @@ def logits_for(actions, rows) -> np.ndarray:
 
 
 def zero_weights(**overrides) -> dict:
-    return {**{w: 0.0 for w in contract.WEIGHT_NAMES}, **overrides}
+    return {**{w: 0.0 for w in scoring.WEIGHT_NAMES}, **overrides}
 
 
 def params(weights: dict | None = None, **scalars) -> scoring.ScoringParams:
     """The parameters a build records (defaults + overrides), as the postprocessor reads them."""
     overrides = {f"weight.{w}": str(v) for w, v in (weights or {}).items()}
-    return scoring.ScoringParams.from_dict(contract.scoring_params({**overrides, **scalars}))
+    return scoring.ScoringParams.from_dict(scoring.scoring_params({**overrides, **scalars}))
 
 
 def sources(actions, has_continuous: bool) -> dict:
-    return contract.score_sources(actions, 8 if has_continuous else 0)
+    return scoring.score_sources(actions, 8 if has_continuous else 0)
 
 
 def served_names(actions, has_continuous: bool) -> list:
-    return contract.served_score_names(sources(actions, has_continuous))
+    return scoring.served_score_names(sources(actions, has_continuous))
 
 
 def score(logits, actions, valid, continuous_preds=None, **kw):
@@ -354,7 +353,7 @@ def test_build_options_override_the_defaults_by_name():
     p = params({"report": -300}, oon_factor="0.5", min_video_duration_ms="8000")
     assert p.weights["report"] == -300.0 and p.oon_factor == 0.5 and p.min_video_duration_ms == 8000
     assert p.weights["favorite"] == 0.5
-    recorded = contract.scoring_params({"weight.report": "-300"})
+    recorded = scoring.scoring_params({"weight.report": "-300"})
     assert scoring.ScoringParams.from_dict(json.loads(json.dumps(recorded))) == params({"report": -300})
 
 
@@ -371,16 +370,16 @@ def test_defaults_are_the_published_ones():
 
 def test_unknown_weight_is_an_error():
     with pytest.raises(ValueError, match="weight.likes"):
-        contract.scoring_params({"weight.likes": "3"})
+        scoring.scoring_params({"weight.likes": "3"})
 
 
 def test_non_number_is_an_error_naming_the_key():
     with pytest.raises(ValueError, match="oon_factor"):
-        contract.scoring_params({"oon_factor": "high"})
+        scoring.scoring_params({"oon_factor": "high"})
     with pytest.raises(ValueError, match="weight.favorite"):
-        contract.scoring_params({"weight.favorite": "lots"})
+        scoring.scoring_params({"weight.favorite": "lots"})
     with pytest.raises(ValueError, match="min_video_duration_ms"):
-        contract.scoring_params({"min_video_duration_ms": "10.5"})
+        scoring.scoring_params({"min_video_duration_ms": "10.5"})
 
 
 # ------------------------------------------------------------------------------------------ packaging

@@ -23,12 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from export import contract
 from export.graphs import user_tower_graph
 from export.models import ModelSource, load_models, torch_tables
+from phoenix_runtime.batching import stack_rows
+from phoenix_runtime.hashing import hash_params_from
+from phoenix_runtime.manifest import MANIFEST, RANKER, RETRIEVAL, USER_TOWER, model_path, read_manifest, verify
 from phoenix_torch import HashedPhoenixModel, RecsysBatch
 from serving import server as launcher
-from serving.batching import stack_rows
 from serving.cli import demo_request
 from serving.client import PhoenixClient
 from serving.supervisor import stubs
@@ -80,7 +81,7 @@ def moved_repo(tmp_path_factory):
     assert build.main([*BUILD, "--output", str(built)]) == 0
     moved = tmp_path_factory.mktemp("elsewhere") / "moved_repo"
     shutil.move(str(built), str(moved))
-    assert not built.exists() and (moved / contract.MANIFEST).is_file()
+    assert not built.exists() and (moved / MANIFEST).is_file()
     return built, moved
 
 
@@ -121,17 +122,17 @@ def test_repository_names_no_build_path(moved_repo):
         if path.is_file() and path.suffix in (".pbtxt", ".json", ".py", ".md", ".txt"):
             text = path.read_text(errors="replace")
             assert str(built) not in text and str(built.parent) not in text, f"{path} names the build folder"
-    assert contract.verify(moved) == [], "every file of the manifest is in the moved folder, unchanged"
+    assert verify(moved) == [], "every file of the manifest is in the moved folder, unchanged"
 
 
 def test_bare_environment_holds_only_the_three_packages(bare_python, tmp_path):
     code = ("import importlib.util as u, json; print(json.dumps({m: u.find_spec(m) is not None for m in "
             "('numpy', 'onnxruntime', 'tritonclient', 'torch', 'export', 'serving', 'phoenix_torch', "
-            "'phoenix_export', 'phoenix_serving')}))")
+            "'phoenix_runtime')}))")
     found = json.loads(subprocess.run([str(bare_python), "-c", code], capture_output=True, text=True, check=True,
                                       cwd=tmp_path, env=clean_env()).stdout)
     assert found == {"numpy": True, "onnxruntime": True, "tritonclient": True, "torch": False, "export": False,
-                     "serving": False, "phoenix_torch": False, "phoenix_export": False, "phoenix_serving": False}
+                     "serving": False, "phoenix_torch": False, "phoenix_runtime": False}
     version = subprocess.run([str(bare_python), "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
                              text=True, check=True, env=clean_env()).stdout.strip()
     assert int(version.split(".")[0]) < 2, f"numpy {version} in the bare environment (Python backend needs < 2)"
@@ -145,7 +146,7 @@ def test_stubs_run_in_the_bare_environment(served, moved_repo, bare_python):
     bare_prefix = str(bare_python.parent.parent)
     server_libs = str(launcher._bundled_dist().parent.parent / "nvidia_pytriton.libs")   # tritonserver's own .so
     running = stubs(served.process.pid)
-    manifest = contract.read_manifest(moved)
+    manifest = read_manifest(moved)
     python_models = {m for m, rec in manifest["served"].items() if rec["backend"] == "python"}
     assert {s.model for s in running.values()} == python_models
     for pid, stub in running.items():
@@ -155,14 +156,14 @@ def test_stubs_run_in_the_bare_environment(served, moved_repo, bare_python):
         outside = sorted(p for p in mapped if not p.startswith(bare_prefix) and not p.startswith(server_libs))
         assert not outside, f"{stub.model} loaded libraries from outside the bare environment: {outside[:3]}"
         assert any("/numpy/" in p for p in mapped), stub.model
-        if stub.model in (contract.RANKER, contract.USER_TOWER):      # ONNX Runtime engine hosts
+        if stub.model in (RANKER, USER_TOWER):      # ONNX Runtime engine hosts
             assert any("/onnxruntime/" in p for p in mapped), stub.model
         assert str(moved) in Path(f"/proc/{pid}/cmdline").read_text(), "the stub serves the moved folder"
 
 
 def test_ensemble_scores_equal_the_torch_models_sigmoid(served, moved_repo, models):
     _, moved = moved_repo
-    manifest = contract.read_manifest(moved)
+    manifest = read_manifest(moved)
     assert manifest["model_config"] == models.ranker.config.to_dict(), "the reference is the model that was built"
     tables = {e: np.load(moved / t["path"]) for e, t in manifest["tables"]["ranker"].items()}
     for e, table in tables.items():
@@ -178,7 +179,7 @@ def test_ensemble_scores_equal_the_torch_models_sigmoid(served, moved_repo, mode
         arrays = stack_rows([client.build_row(**r) for r in requests], names)
         sources = client.config["score_sources"]["fields"]
     batch = RecsysBatch(**{s["name"]: torch.from_numpy(arrays[s["name"]])
-                           for s in manifest["served"][contract.RANKER]["inputs"]})
+                           for s in manifest["served"][RANKER]["inputs"]})
     with torch.no_grad():
         probs = torch.sigmoid(ranker(batch).logits).numpy()
     for b, (request, result) in enumerate(zip(requests, results)):
@@ -194,23 +195,23 @@ def test_ensemble_scores_equal_the_torch_models_sigmoid(served, moved_repo, mode
 
 def test_retrieval_returns_top_k_of_the_corpus(served, moved_repo, models):
     _, moved = moved_repo
-    manifest = contract.read_manifest(moved)
+    manifest = read_manifest(moved)
     tables = {e: np.load(moved / t["path"]) for e, t in manifest["tables"]["retrieval"].items()}
     tower = user_tower_graph(models.retrieval, torch_tables(tables))
-    corpus = np.load(moved / contract.model_path(contract.RETRIEVAL, "corpus.npy"))
-    post_ids = np.load(moved / contract.model_path(contract.RETRIEVAL, "corpus_post_ids.npy"))
+    corpus = np.load(moved / model_path(RETRIEVAL, "corpus.npy"))
+    post_ids = np.load(moved / model_path(RETRIEVAL, "corpus_post_ids.npy"))
     with PhoenixClient(served.grpc_url) as client:
         request = demo_request(client.actions, seed=90, num_history=6)
         got = client.retrieve(user_id=request["user_id"], history=request["history"], top_k=3)
         full = client.retrieve(user_id=request["user_id"], history=request["history"])
         client.inputs, client.hashing = client.config["retrieval_inputs"], \
-            contract.hash_params_from(client.config["retrieval_hashing"])
+            hash_params_from(client.config["retrieval_hashing"])
         row = client.build_row(user_id=request["user_id"], history=request["history"])
     user = tower({n: row[n][None] for n in tower.input_names})["user_representation"].numpy()[0]
     scores = corpus @ user
     best = np.argsort(-scores, kind="stable")
     assert got["top_k_indices"].shape == (3,) and full["top_k_indices"].shape == (manifest["served"]
-                                                                                   [contract.RETRIEVAL]["top_k"],)
+                                                                                   [RETRIEVAL]["top_k"],)
     np.testing.assert_array_equal(got["top_k_indices"], best[:3])
     np.testing.assert_array_equal(full["top_k_indices"][:3], got["top_k_indices"])
     np.testing.assert_allclose(got["top_k_scores"], scores[best[:3]], atol=ATOL, rtol=0)

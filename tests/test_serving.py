@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 import torch
 
-from export import contract
 from export.models import ModelSource, load_models, torch_tables
+from phoenix_runtime import scoring
+from phoenix_runtime.batching import stack_rows
+from phoenix_runtime.manifest import read_manifest
+from phoenix_runtime.request import Limits, resolve_shape
 from phoenix_torch import HashedPhoenixModel, RecsysBatch
-from serving import scoring
-from serving.batching import stack_rows
+from phoenix_torch.parity import TOLERANCE
 from serving.cli import demo_request
 from serving.client import PhoenixClient, PhoenixInputError, PhoenixServerError
 from serving.server import ServerError, TritonServer
@@ -44,7 +46,7 @@ def models(demo_tables):
 
 @pytest.fixture(scope="module")
 def manifest(demo_repo):
-    return contract.read_manifest(demo_repo)
+    return read_manifest(demo_repo)
 
 
 def candidate_names(client) -> list[str]:
@@ -113,7 +115,7 @@ def test_outputs_are_the_phoenix_scores_and_not_empty(client, models, manifest):
     arrays = rows(client, users(client, 3, seed=20))
     out = client.infer(arrays)
     b, c = arrays["candidate_post_hashes"].shape[:2]
-    assert set(out) == set(contract.served_score_names(manifest["served"]["phoenix_postprocess"]["sources"]))
+    assert set(out) == set(scoring.served_score_names(manifest["served"]["phoenix_postprocess"]["sources"]))
     assert "retweet_score" in out and "repost_score" not in out and "dwell_time" in out
     for name, value in out.items():
         assert value.shape[:2] == (b, c) and np.isfinite(value).all(), name
@@ -127,7 +129,7 @@ def test_each_composing_model_answers_on_its_own(demo_repo, client, models, mani
     ref = reference(models, manifest, arrays)
     ranker_inputs = [s["name"] for s in manifest["served"]["phoenix_ranker"]["inputs"]]
     ranker = client.infer({k: arrays[k] for k in ranker_inputs}, model="phoenix_ranker")
-    np.testing.assert_allclose(ranker["logits"], ref["logits"], atol=1e-4)
+    np.testing.assert_allclose(ranker["logits"], ref["logits"], atol=TOLERANCE["fp32"])
     assert ranker["input_error"].reshape(-1).tolist() == [0, 0]
     # the postprocess alone, fed the torch logits
     post = client.infer({"logits": ref["logits"].astype(np.float32), "input_error": np.zeros((2, 1), np.int32),
@@ -182,9 +184,9 @@ def test_embeddings_in_model_gives_the_hashes_paths_scores(client, models, manif
 def test_embeddings_bad_input_is_named(client, manifest):
     specs = manifest["served"]["phoenix_ranker_embeddings"]["inputs"]
     rng = np.random.default_rng(0)
-    feed = {s["name"]: (rng.standard_normal(contract.resolve_shape(s["shape"], {"B": 1, "C": 3})).astype(np.float32)
+    feed = {s["name"]: (rng.standard_normal(resolve_shape(s["shape"], {"B": 1, "C": 3})).astype(np.float32)
                         if s["dtype"] == "float32" and s.get("check") == "finite" else
-                        np.ones(contract.resolve_shape(s["shape"], {"B": 1, "C": 3}), dtype=s["dtype"]))
+                        np.ones(resolve_shape(s["shape"], {"B": 1, "C": 3}), dtype=s["dtype"]))
             for s in specs}
     feed["history_actions"][:] = 0
     client.infer(feed, model="phoenix_ranker_embeddings")          # well formed: answered
@@ -336,7 +338,7 @@ def test_client_padding_to_candidate_sizes_is_exact(server, client):
                 for i, c in enumerate((1, 3, 5, 9))]
 
     def padding_client(max_batch_size: int, sizes: tuple, seen: list) -> PhoenixClient:
-        limits = contract.Limits(max_batch_size, client.limits.max_candidates, client.history_len,
+        limits = Limits(max_batch_size, client.limits.max_candidates, client.history_len,
                                  candidate_sizes=sizes)
         c = PhoenixClient(server.grpc_url, config={**client.config, "limits": limits.to_dict()})
         send = c.infer
@@ -416,7 +418,7 @@ def test_the_readmes_bring_your_own_embeddings_example_gives_the_hashes_paths_sc
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("### Bring your own embeddings"):]
     code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    tables = contract.read_manifest(demo_repo)["tables"]["ranker"]
+    tables = read_manifest(demo_repo)["tables"]["ranker"]
     np.savez(tmp_path / "my_tables.npz", **{f"{e}_embeddings": np.load(demo_repo / t["path"]) for e, t in tables.items()})
     monkeypatch.chdir(tmp_path)
     scope = {}

@@ -1,4 +1,4 @@
-"""The TensorRT path (export/tensorrt.py, export/engines.py, export.runtime.PlanRunner, the launcher's flag).
+"""The TensorRT path (export/tensorrt.py, export/engines.py, phoenix_runtime.engines.PlanRunner, the launcher's flag).
 
 Everywhere: profile defaults from the limits, parsing and validation, the check of a profile against
 --max-batch-size / --max-candidates, plan metadata, what `--engines tensorrt` says where TensorRT cannot run,
@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 import torch
 
-from export import engines
-from export import runtime
-from export import tensorrt as trt_export
-from export.contract import Limits
+from export import engines, tensorrt as trt_export
 from export.engines import EngineOptions, TensorRTOptions
-from export.runtime import EngineInputError, EngineUnavailable
-from export.tensorrt import ProfileError, check_against_limits, check_points, default_profile, input_shapes, \
-    parse_profile
+from export.tensorrt import (ProfileError, check_against_limits, check_points, default_profile, input_shapes,
+                             parse_profile)
+from phoenix_runtime import engines as runtime
+from phoenix_runtime.engines import EngineUnavailable
+from phoenix_runtime.request import Limits, RequestError
+from phoenix_torch.parity import TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_batch_size=64, max_candidates=1000, history_len=32)
@@ -308,7 +308,7 @@ def test_plan_runner_runs_on_gpu_n_on_a_stream_of_its_own(fake_cuda, tmp_path):
         events.index("synchronize") < events.index("exit_stream")
     assert ("execute", 1234) in fake_cuda, "TensorRT runs on the runner's own stream, not the default one"
 
-    with pytest.raises(EngineInputError, match=r"outside the plan's optimization profile .*\(4, 2\)"):
+    with pytest.raises(RequestError, match=r"outside the plan's optimization profile .*\(4, 2\)"):
         runner({"x": np.ones((5, 2), np.int64)})
 
 
@@ -404,7 +404,7 @@ def test_plans_are_built_next_to_their_metadata_and_checked(trt_build):
         meta = json.loads(trt_export.metadata_path(stage / art.path).read_text())
         assert meta["source_onnx_sha256"] == onnx[name].sha256 and meta["precision"] == "fp32"
         assert meta["tensorrt_version"] and meta["gpu_name"] and meta["compute_capability"] == f"{major}.{minor}"
-        assert art.info["parity_max_abs_err"] <= 1e-4 and art.device == "cuda"
+        assert art.info["parity_max_abs_err"] <= TOLERANCE["fp32"] and art.device == "cuda"
     assert plans["ranker"].info["profile"] == {"B": {"min": 1, "opt": 2, "max": 4}, "C": {"min": 1, "opt": 4, "max": 16}}
     assert plans["candidate_tower"].info["profile"] == {"B": {"min": 1, "opt": 2, "max": 4}}
     assert (stage / "cache" / "timing.cache").stat().st_size > 0
@@ -417,9 +417,9 @@ def test_tensorrt_engine_matches_onnxruntime_and_rejects_shapes_outside_the_prof
     feed = {n: v.numpy() for n, v in specs["ranker"].random_inputs({"B": 3, "C": 7}, seed=5).items()}
     got, want = engine(feed), reference(feed)
     for name in engine.output_names:
-        np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=0, err_msg=name)
+        np.testing.assert_allclose(got[name], want[name], atol=TOLERANCE["fp32"], rtol=0, err_msg=name)
     too_many = {n: v.numpy() for n, v in specs["ranker"].random_inputs({"B": 3, "C": 17}, seed=5).items()}
-    with pytest.raises(EngineInputError, match="outside the plan's optimization profile"):
+    with pytest.raises(RequestError, match="outside the plan's optimization profile"):
         engine(too_many)
 
 
@@ -432,7 +432,7 @@ def test_version_compatible_plan_builds_and_loads(trt_build, tmp_path):
     (tmp_path / art.path).write_bytes((stage / art.path).read_bytes())
     plan = engines.build_tensorrt_plan(specs["candidate_tower"], art, (tmp_path / art.path).parent, tmp_path,
                                        replace(opts, version_compatible=True), limits)
-    assert plan.info["version_compatible"] and plan.info["parity_max_abs_err"] <= 1e-4
+    assert plan.info["version_compatible"] and plan.info["parity_max_abs_err"] <= TOLERANCE["fp32"]
     engine = runtime.open_engine(plan.to_dict(), tmp_path, "cuda:0")
     feed = {n: v.numpy() for n, v in specs["candidate_tower"].random_inputs({"B": 2}, seed=1).items()}
     assert engine(feed)["candidate_representation"].shape == (2, specs["candidate_tower"].outputs[0].shape[1])

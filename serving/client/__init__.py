@@ -7,18 +7,18 @@
         result.ranking, result.final_score, result.scores["favorite_score"]
 
 Everything the client needs comes from the server: the `client_config` parameter of
-phoenix_postprocess (export.contract.client_config: the ranker's inputs, the actions, the limits, the
+phoenix_postprocess (phoenix_runtime.manifest.client_config: the ranker's inputs, the actions, the limits, the
 hash constants per entity), so a client needs only the URL.
 
 Requests are built from the model's declared inputs. A history item is a tuple (post_id, author_id,
 actions, product_surface) or a dict of raw keys (`post_id`, `author_id`, `actions`, `product_surface`,
 May: `continuous_actions`, plus any feature added by configuration); a candidate is (post_id, author_id,
 product_surface) or a dict (`impr_ts`, `post_creation_ts`, `video_duration_ms`, `in_network`, ...);
-`user` holds user features (`ip_id`, ...). Raw ids are hashed with export.contract.hash_ids (the
+`user` holds user features (`ip_id`, ...). Raw ids are hashed with phoenix_runtime.hashing.hash_ids (the
 server's constants); `hashed=True` takes hash values instead. Actions are names of the model's action
 list (or their served score names, or column indices). The history is padded to S (the most recent S
 items kept); candidates are padded to the server's fixed sizes, if it has any. Every input is checked
-before sending with the server's own rules (export.contract.check_request): a bad one raises
+before sending with the server's own rules (phoenix_runtime.request.check_request): a bad one raises
 PhoenixInputError naming it; an error the server returns raises PhoenixServerError with its message; a
 server that cannot be reached raises PhoenixConnectionError.
 
@@ -31,8 +31,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export import contract
-from serving.batching import stack_rows
+from phoenix_runtime.batching import stack_rows
+from phoenix_runtime.hashing import hash_ids, hash_params_from
+from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, POSTPROCESS, RETRIEVAL
+from phoenix_runtime.request import Limits, RequestError, check_request
 
 
 class PhoenixInputError(ValueError):
@@ -91,7 +93,7 @@ _TRITON_DTYPES = {"int32": "INT32", "int64": "INT64", "uint64": "UINT64", "float
 
 class PhoenixClient:
     def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout: float = 60.0,
-                 config: dict | None = None, model: str = contract.ENSEMBLE):
+                 config: dict | None = None, model: str = ENSEMBLE):
         self.url, self.protocol, self.timeout, self.model = url, protocol, timeout, model
         self._t = _triton(protocol)
         kwargs = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
@@ -100,23 +102,23 @@ class PhoenixClient:
         except Exception as e:  # a malformed URL and the like
             raise PhoenixConnectionError(f"cannot open a {protocol} connection to {url}: {e}") from None
         self.config = config or self._server_config()
-        self.limits = contract.Limits.from_dict(self.config["limits"])
+        self.limits = Limits.from_dict(self.config["limits"])
         self.history_len = self.limits.history_len
         self.inputs = self.config["ranker_inputs"]
         self.actions = list(self.config["actions"])
-        self.hashing = contract.hash_params_from(self.config["hashing"])
+        self.hashing = hash_params_from(self.config["hashing"])
 
     # -------------------------------------------------------------- config
     def _server_config(self) -> dict:
         try:
-            cfg = self.triton.get_model_config(contract.POSTPROCESS,
+            cfg = self.triton.get_model_config(POSTPROCESS,
                                                **({"as_json": True} if self.protocol == "grpc" else {}))
         except self._t.InferenceServerException as e:
             if "unavailable" in str(e.status()).lower() or "failed to connect" in e.message().lower() or \
                     "connect" in e.message().lower():
                 raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): "
                                              f"{e.message()}") from None
-            raise PhoenixServerError(f"cannot read {contract.POSTPROCESS}'s config from {self.url}: "
+            raise PhoenixServerError(f"cannot read {POSTPROCESS}'s config from {self.url}: "
                                      f"{e.message()}") from None
         except Exception as e:  # refused connections surface as socket / gRPC errors
             raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): {e}") from None
@@ -124,7 +126,7 @@ class PhoenixClient:
         try:
             return json.loads(cfg["parameters"]["client_config"]["string_value"])
         except KeyError:
-            raise PhoenixServerError(f"{contract.POSTPROCESS} has no `client_config` parameter: the server runs a "
+            raise PhoenixServerError(f"{POSTPROCESS} has no `client_config` parameter: the server runs a "
                                      "repository built by another version of export.build") from None
 
     def close(self):
@@ -144,7 +146,7 @@ class PhoenixClient:
             if h.shape != (width,):
                 raise PhoenixInputError(f"{what}: expected {width} hash values, got {value!r}")
             return h
-        return contract.hash_ids(ids_array([value], what), self.hashing[spec["entity"]])[0]
+        return hash_ids(ids_array([value], what), self.hashing[spec["entity"]])[0]
 
     def _value(self, spec: dict, raw: dict, what: str, hashed: bool):
         """The array of one field for one user / history item / candidate, from its raw key."""
@@ -199,9 +201,10 @@ class PhoenixClient:
         has_candidates = any(spec["side"] == "candidate" for spec in self.inputs)
         if has_candidates and not candidates:
             raise PhoenixInputError("candidates: empty list; give at least one (post_id, author_id, surface)")
-        if len(candidates) > self.limits.max_candidates:
-            raise PhoenixInputError(f"candidates: {len(candidates)} given; the server accepts at most "
-                                    f"{self.limits.max_candidates} (limit max_candidates)")
+        try:
+            self.limits.check_candidates(len(candidates), "candidates")
+        except RequestError as e:
+            raise PhoenixInputError(str(e)) from None
         u = dict(user or {})
         if user_id is not None:
             u.setdefault("user_hashes" if hashed else "user_id", user_id)
@@ -260,8 +263,8 @@ class PhoenixClient:
     def _check(self, arrays: dict, model: str) -> None:
         specs = [s for s in self.inputs if s["name"] in arrays]
         try:
-            contract.check_request(specs, arrays, self.limits, model)
-        except contract.RequestError as e:
+            check_request(specs, arrays, self.limits, model)
+        except RequestError as e:
             raise PhoenixInputError(str(e)) from None
 
     # -------------------------------------------------------------- inference
@@ -301,7 +304,7 @@ class PhoenixClient:
                         for b, r in enumerate(requests[s:s + batch])]
         return results
 
-    def score_embeddings(self, arrays: dict[str, np.ndarray], model: str = contract.ENSEMBLE_EMBEDDINGS,
+    def score_embeddings(self, arrays: dict[str, np.ndarray], model: str = ENSEMBLE_EMBEDDINGS,
                          candidates: list | None = None) -> list[ScoreResult]:
         """Score users from embeddings looked up by the caller (RecsysEmbeddings fields [B, ...] float32, plus
         the validity hashes and other fields of phoenix_ranker_embeddings), as numpy arrays."""
@@ -317,7 +320,7 @@ class PhoenixClient:
         if not spec_names:
             raise PhoenixServerError("the server has no phoenix_retrieval model (built with --no-towers?)")
         saved, self.inputs, self.hashing = (self.inputs, self.hashing), self.config["retrieval_inputs"], \
-            contract.hash_params_from(self.config["retrieval_hashing"])
+            hash_params_from(self.config["retrieval_hashing"])
         try:
             row = self.build_row(user_id=user_id, history=history, user=user, hashed=hashed)
         finally:
@@ -327,7 +330,7 @@ class PhoenixClient:
             arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
         if corpus_mask is not None:
             arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
-        out = self.infer(arrays, contract.RETRIEVAL)
+        out = self.infer(arrays, RETRIEVAL)
         return {k: v[0] for k, v in out.items()}
 
     def infer(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:

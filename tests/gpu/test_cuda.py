@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from export import contract
-from export.contract import Limits
-from export.models import ModelSource, load_models
-from phoenix_torch.parity import check_parity
-
 from conftest import golden_files
+
+from export.models import ModelSource, load_models
+from phoenix_runtime.manifest import RANKER, VERSION, read_manifest
+from phoenix_runtime.request import Limits
+from phoenix_torch.parity import TOLERANCE, check_parity
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA GPU (torch.cuda.is_available() is False here); run "
@@ -50,13 +49,13 @@ def test_golden_file_on_cuda(path):
 
 def test_aoti_cuda_package_matches_torch(specs, tmp_path):
     from export import aoti
-    from export.runtime import compiler_missing, open_engine
+    from phoenix_runtime.engines import compiler_missing, open_engine
 
     if compiler_missing():
         pytest.skip(compiler_missing())
     spec = specs["ranker_embeddings"]
     art = aoti.build_aoti(spec, tmp_path / "ranker_embeddings_cuda.pt2", "cuda", root=tmp_path)
-    assert art.device == "cuda" and art.info["parity_max_abs_err"] <= 1e-4
+    assert art.device == "cuda" and art.info["parity_max_abs_err"] <= TOLERANCE["fp32"]
     engine = open_engine(art.to_dict(), tmp_path, "cuda:0")
     for seed, dims in enumerate(({"B": 1, "C": 1}, {"B": 3, "C": 8}, {"B": 5, "C": 13})):
         feed = spec.random_inputs(dims, seed=300 + seed)
@@ -77,6 +76,7 @@ def _served_scores(repo: Path, requests) -> tuple[list, dict]:
 
 def test_gpu_python_build_served_on_the_gpu_answers_like_the_cpu_build(tmp_path):
     import numpy
+
     from export import build
     from serving.cli import demo_request
 
@@ -88,16 +88,16 @@ def test_gpu_python_build_served_on_the_gpu_answers_like_the_cpu_build(tmp_path)
     assert build.main([*BUILD, "--target", "cpu", "--output", str(cpu)]) == 0
     assert build.main([*BUILD, "--target", "gpu-python", "--engines", "torch", "--python-engine", "torch",
                        "--output", str(gpu)]) == 0
-    manifest = contract.read_manifest(gpu)
-    assert manifest["served"][contract.RANKER]["engine"] == "torch"
-    assert "kind: KIND_GPU" in (gpu / contract.RANKER / "config.pbtxt").read_text()
+    manifest = read_manifest(gpu)
+    assert manifest["served"][RANKER]["engine"] == "torch"
+    assert "kind: KIND_GPU" in (gpu / RANKER / "config.pbtxt").read_text()
     actions = manifest["model_config"]["actions"]
     requests = [demo_request(actions, seed=i, num_history=4 + 5 * i, num_candidates=c) for i, c in enumerate((2, 8, 5))]
     want, _ = _served_scores(cpu, requests)
     got, maps = _served_scores(gpu, requests)
-    assert "libcuda.so" in maps[contract.RANKER], "the engine host's stub uses the GPU"
+    assert "libcuda.so" in maps[RANKER], "the engine host's stub uses the GPU"
     for i, (g, w) in enumerate(zip(got, want)):
-        np.testing.assert_allclose(g.probs, w.probs, atol=1e-4, rtol=0, err_msg=f"user {i}")
+        np.testing.assert_allclose(g.probs, w.probs, atol=TOLERANCE["fp32"], rtol=0, err_msg=f"user {i}")
         np.testing.assert_allclose(g.final_score, w.final_score, rtol=1e-3, atol=1e-6, err_msg=f"user {i}")
         assert sorted(g.ranking) == list(range(len(requests[i]["candidates"])))
 
@@ -107,10 +107,10 @@ def test_tensorrt_plan_matches_onnxruntime(specs, tmp_path):
                                            "NVIDIA's TensorRT container)")
     from export import engines
     from export.onnx_export import export_onnx
-    from export.runtime import open_engine
+    from phoenix_runtime.engines import open_engine
 
     spec = specs["ranker"]
-    folder = tmp_path / contract.RANKER / contract.VERSION
+    folder = tmp_path / RANKER / VERSION
     onnx = export_onnx(spec, folder / "ranker.onnx", root=tmp_path).with_file_info(tmp_path)
     limits = Limits(8, 32, spec.config.history_seq_len, candidate_sizes=(8, 32))
     plan = engines.build_tensorrt_plan(spec, onnx, folder, tmp_path,

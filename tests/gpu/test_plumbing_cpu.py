@@ -21,8 +21,9 @@ import pytest
 import torch
 import torch._inductor
 
-from export import contract, runtime
-from serving import batching, scoring
+from phoenix_runtime import engines as runtime
+from phoenix_runtime.manifest import FORMAT, RANKER, RETRIEVAL, USER_TOWER, write_manifest
+from phoenix_runtime.request import Limits
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,25 +87,18 @@ def fake_pb_utils(tower_output=None, preferred_memory=True) -> types.ModuleType:
 
 
 def load_model(monkeypatch, folder: str, pb) -> types.ModuleType:
-    """triton_repo/<folder>/1/model.py, importing the fake pb_utils and the packages the build copies beside it."""
+    """triton_repo/<folder>/1/model.py with the fake pb_utils (it imports phoenix_runtime by its own name)."""
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
-    export_pkg = types.ModuleType("phoenix_export")
-    export_pkg.contract, export_pkg.runtime = contract, runtime
-    serving_pkg = types.ModuleType("phoenix_serving")
-    serving_pkg.batching, serving_pkg.scoring = batching, scoring
-    monkeypatch.setitem(sys.modules, "phoenix_export", export_pkg)
-    monkeypatch.setitem(sys.modules, "phoenix_serving", serving_pkg)
     spec = importlib.util.spec_from_file_location(f"_triton_{folder}", ROOT / "triton_repo" / folder / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def write_manifest(root: Path, served: dict, artifacts: list) -> None:
+def write_test_manifest(root: Path, served: dict, artifacts: list) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    contract.write_manifest(root, {"format": contract.FORMAT, "served": served, "artifacts": artifacts,
-                                   "limits": contract.Limits(4, 8, 2).to_dict(), "model_config": {},
-                                   "tables": {"ranker": {}}})
+    write_manifest(root, {"format": FORMAT, "served": served, "artifacts": artifacts,
+                          "limits": Limits(4, 8, 2).to_dict(), "model_config": {}, "tables": {"ranker": {}}})
 
 
 USER = {"name": "user_hashes", "dtype": "int64", "shape": ["B", 2], "check": "hash", "high": 10, "entity": "user"}
@@ -119,13 +113,13 @@ def test_engine_host_opens_its_engine_on_the_instance_device(monkeypatch, tmp_pa
            "tables": "ranker"}
     arts = [{"name": f"r_aoti_{d}", "model": "ranker_embeddings", "kind": "aoti", "path": f"phoenix_ranker/1/r_{d}.pt2",
              "device": d, "inputs": [USER], "outputs": [LOGITS]} for d in ("cpu", "cuda")]
-    write_manifest(tmp_path, {contract.RANKER: rec}, arts)
+    write_test_manifest(tmp_path, {RANKER: rec}, arts)
     opened = []
     monkeypatch.setattr(runtime, "open_engine", lambda art, root, device, kind: opened.append(
         (art["path"], Path(root), device, kind)) or types.SimpleNamespace(input_names=["user_hashes"]))
     model = load_model(monkeypatch, "phoenix_ranker", fake_pb_utils())
     model.TritonPythonModel().initialize({
-        "model_name": contract.RANKER, "model_repository": str(tmp_path / contract.RANKER), "model_version": "1",
+        "model_name": RANKER, "model_repository": str(tmp_path / RANKER), "model_version": "1",
         "model_instance_kind": kind, "model_instance_device_id": device_id,
         "model_config": json.dumps({"output": [{"name": "logits", "dims": [-1, 3]}]})})
     built_for = "cuda" if want.startswith("cuda") else "cpu"
@@ -186,8 +180,8 @@ def test_torch_program_is_moved_to_gpu_n(monkeypatch, tmp_path):
 
 def retrieval_repo(root: Path) -> Path:
     rec = {"backend": "python", "inputs": [USER], "top_k": 3, "index": "exact", "corpus_rows": 5}
-    write_manifest(root, {contract.RETRIEVAL: rec}, [])
-    folder = root / contract.RETRIEVAL / "1"
+    write_test_manifest(root, {RETRIEVAL: rec}, [])
+    folder = root / RETRIEVAL / "1"
     folder.mkdir(parents=True)
     np.save(folder / "corpus.npy", np.eye(5, 4, dtype=np.float32))
     np.save(folder / "corpus_post_ids.npy", np.arange(100, 105, dtype=np.uint64))
@@ -197,7 +191,7 @@ def retrieval_repo(root: Path) -> Path:
 
 def run_retrieval(monkeypatch, root: Path, pb) -> dict:
     model = load_model(monkeypatch, "phoenix_retrieval", pb).TritonPythonModel()
-    model.initialize({"model_name": contract.RETRIEVAL, "model_repository": str(root / contract.RETRIEVAL),
+    model.initialize({"model_name": RETRIEVAL, "model_repository": str(root / RETRIEVAL),
                       "model_version": "1"})
     (response,) = model.execute([{"user_hashes": Tensor("user_hashes", np.array([[1, 2]], np.int64))}])
     assert not response.has_error(), response.error().message
@@ -209,7 +203,7 @@ def test_retrieval_asks_the_user_tower_for_cpu_memory(monkeypatch, tmp_path):
     pb = fake_pb_utils(tower_output=np.array([[0.1, 0.9, 0.5, 0.0]], np.float32))
     out = run_retrieval(monkeypatch, retrieval_repo(tmp_path), pb)
     (call,) = pb.bls
-    assert call["model_name"] == contract.USER_TOWER and call["requested_output_names"] == ["user_representation"]
+    assert call["model_name"] == USER_TOWER and call["requested_output_names"] == ["user_representation"]
     memory = call["preferred_memory"]
     assert isinstance(memory, PreferredMemory)
     assert (memory.kind, memory.device_id) == (pb.TRITONSERVER_MEMORY_CPU, 0)

@@ -5,9 +5,9 @@ Inputs per user: `logits` [C, A] (and `continuous_preds` [C, K] for May-style mo
 `candidate_author_ids`, `candidate_video_duration_ms` (0 = unknown) and `candidate_in_network`.
 Outputs: the 19 PhoenixScores fields (NaN where the model has no column for one), every column no field
 reads (under its own name), `weighted_score`, `final_score` (after author diversity and the out-of-network
-factor), `ranking` (best first, -1 pads) and `probs` [C, A]. The math is phoenix_serving.scoring; which
+factor), `ranking` (best first, -1 pads) and `probs` [C, A]. The math is phoenix_runtime.scoring; which
 column feeds which field and the weights come from this model's record in manifest.json. Every request is
-checked before any work with the ranker's rules and the manifest's limits (contract.check_request: B or C of 0,
+checked before any work with the ranker's rules and the manifest's limits (phoenix_runtime.request.check_request: B or C of 0,
 inputs that disagree on C, more candidates, users or bytes than the limits, hashes outside their table); a
 request that fails them, whose `input_error` is set, or whose values are wrong (NaN logits, negative
 durations) gets INVALID_ARG naming the input or the limit; the other requests of the batch are answered
@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from phoenix_export import contract
-from phoenix_serving import scoring
+from phoenix_runtime import scoring
+from phoenix_runtime.manifest import RANKER, read_manifest
+from phoenix_runtime.request import Limits, RequestError, check_request, describe_input_error
 
 OPTIONAL = ("candidate_author_hashes", "candidate_author_ids", "candidate_video_duration_ms", "candidate_in_network")
 
@@ -27,14 +28,14 @@ OPTIONAL = ("candidate_author_hashes", "candidate_author_ids", "candidate_video_
 class TritonPythonModel:
     def initialize(self, args):
         root = Path(args["model_repository"]).resolve().parent
-        manifest = contract.read_manifest(root)
+        manifest = read_manifest(root)
         rec = manifest["served"][args["model_name"]]
         self.sources = rec["sources"]
         self.params = scoring.ScoringParams.from_dict(rec["params"])
-        self.ranker_inputs = manifest["served"][contract.RANKER]["inputs"]
+        self.ranker_inputs = manifest["served"][RANKER]["inputs"]
         self.outputs = [o["name"] for o in rec["outputs"]]
         self.inputs = rec["inputs"]
-        self.limits = contract.Limits.from_dict(manifest["limits"])
+        self.limits = Limits.from_dict(manifest["limits"])
 
     def execute(self, requests):
         return [self._one(r) for r in requests]
@@ -50,11 +51,11 @@ class TritonPythonModel:
             if flags is not None and flags.ndim == 2 and flags.shape[1] == 1:   # [B] served as dims [1]
                 arrays["input_error"] = flags[:, 0]
             specs = [s for s in self.inputs if arrays.get(s["name"]) is not None or not s.get("optional")]
-            contract.check_request(specs, {n: a for n, a in arrays.items() if a is not None}, self.limits,
-                                   "phoenix_postprocess")
+            check_request(specs, {n: a for n, a in arrays.items() if a is not None}, self.limits,
+                          "phoenix_postprocess")
             errors = arrays["input_error"]
             if errors.any():
-                bad = "; ".join(f"user {int(b)}: {contract.describe_input_error(int(errors[b]), self.ranker_inputs)}"
+                bad = "; ".join(f"user {int(b)}: {describe_input_error(int(errors[b]), self.ranker_inputs)}"
                                 for b in np.flatnonzero(errors))
                 raise ValueError(f"invalid input: {bad}")
             post = get("candidate_post_hashes")
@@ -64,7 +65,7 @@ class TritonPythonModel:
                                 author_hash_fallback=None if author_hashes is None else author_hashes[..., 0],
                                 video_duration_ms=get("candidate_video_duration_ms"),
                                 in_network=get("candidate_in_network"), params=self.params)
-        except contract.RequestError as e:  # names the model already
+        except RequestError as e:  # names the model already
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
         except ValueError as e:  # bad input: 400, named; one bad request never fails the batch
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(

@@ -4,16 +4,16 @@ phoenix_candidate_tower (cpu and gpu-python targets).
 At start-up the model reads its record in the repository's manifest.json (`served.<model name>`): the graph
 and engine kind to run, its input specs and limits and, for hashes-in models, the hash tables to gather
 rows from (memory-mapped .npy files). For each execution:
-1. every request is checked before any work (phoenix_export.contract.check_request: missing inputs, dtypes,
+1. every request is checked before any work (phoenix_runtime.request.check_request: missing inputs, dtypes,
    shapes, B or C of 0, ragged candidate inputs, the candidate / batch / byte limits, values outside their
    range); a bad request gets INVALID_ARG (HTTP 400) naming the input or the limit, the others go on;
-2. requests that differ only in B and C share one engine call (phoenix_serving.batching: candidates padded
+2. requests that differ only in B and C share one engine call (phoenix_runtime.batching: candidates padded
    with hash 0, exact thanks to candidate isolation; the config allows ragged batches);
 3. hashed inputs become their rows of the tables (hash 0 = the zero padding row);
 4. the engine runs, and each request gets its own rows and candidate count back.
 Absent optional inputs (the May IP hashes, dwell, timestamps) are their zero value.
-Imports: numpy, triton_python_backend_utils, the packages the build copied beside this file, and the
-engine's own runtime (onnxruntime, torch or tensorrt).
+Imports: numpy, triton_python_backend_utils, phoenix_runtime (the build copies it beside this file) and,
+through phoenix_runtime.engines, the engine's own runtime (onnxruntime, torch or tensorrt).
 """
 import json
 from pathlib import Path
@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from phoenix_export import contract, runtime
-from phoenix_serving import batching
+from phoenix_runtime import batching, engines
+from phoenix_runtime.manifest import find_artifact, read_manifest
+from phoenix_runtime.request import Limits, RequestError, check_request, describe_input_error, resolve_shape
 
 
 def _error(message, internal=False):
@@ -35,16 +36,16 @@ class TritonPythonModel:
     def initialize(self, args):
         self.name = args["model_name"]
         root = Path(args["model_repository"]).resolve().parent
-        manifest = contract.read_manifest(root)
+        manifest = read_manifest(root)
         rec = manifest["served"][self.name]
         self.inputs, self.outputs = rec["inputs"], rec["outputs"]
-        self.limits = contract.Limits.from_dict(manifest["limits"])
+        self.limits = Limits.from_dict(manifest["limits"])
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
         kind = rec["engine"]
-        artifact = contract.find_artifact(manifest, rec["graph"], runtime.ARTIFACT_KIND[kind], device)
-        self.engine = runtime.open_engine(artifact, root, device, kind)
+        artifact = find_artifact(manifest, rec["graph"], engines.ARTIFACT_KIND[kind], device)
+        self.engine = engines.open_engine(artifact, root, device, kind)
         tables = manifest["tables"].get(rec.get("tables"), {})
         self.tables = {e: np.load(root / t["path"], mmap_mode="r") for e, t in tables.items()}
         self.lookups = rec.get("lookups", {})
@@ -57,9 +58,9 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 arrays = self._arrays(request)
-                contract.check_request(self.inputs, arrays, self.limits, self.name)
+                check_request(self.inputs, arrays, self.limits, self.name)
                 good.append((i, arrays))
-            except contract.RequestError as e:
+            except RequestError as e:
                 responses[i] = _error(str(e))
             except Exception as e:  # a bug, not the request's fault: 500 for this request only, named
                 responses[i] = _error(f"{self.name}: reading the request failed: {type(e).__name__}: {e}",
@@ -97,7 +98,7 @@ class TritonPythonModel:
                 for n, d in zip(a.shape, s["shape"]):
                     if isinstance(d, str):
                         dims.setdefault(d, n)
-        shape = contract.resolve_shape(spec["shape"], {"B": dims.get("B", 1), "C": dims.get("C", 1)})
+        shape = resolve_shape(spec["shape"], {"B": dims.get("B", 1), "C": dims.get("C", 1)})
         return np.zeros(shape, dtype=spec["dtype"])
 
     def _engine_feed(self, feed: dict) -> dict:
@@ -109,7 +110,7 @@ class TritonPythonModel:
     def _response(self, part: dict):
         errors = part.get("input_error")
         if errors is not None and errors.any():  # the graph's own range check (never reached after check_request)
-            return _error(f"{self.name}: {contract.describe_input_error(int(errors.max()), self.engine.inputs)}")
+            return _error(f"{self.name}: {describe_input_error(int(errors.max()), self.engine.inputs)}")
         tensors = []
         for name, value in part.items():
             value = np.ascontiguousarray(value)

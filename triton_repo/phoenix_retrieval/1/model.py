@@ -6,19 +6,19 @@ index `corpus.faiss`; swapping those files changes the corpus without a rebuild 
 the user tower's inputs, plus optional `corpus_mask` [N] (False = never retrieve that row) and `top_k` [1]
 (at most the built maximum). Outputs per user: `top_k_indices` (corpus rows), `top_k_post_ids`,
 `top_k_author_ids`, `top_k_scores` (dot products, best first), `user_representation` [D] and, when the
-corpus has topics, `top_k_topics`. Exact search
-unless the build chose the FAISS index. Every request is checked before any work (contract.check_request
-with the manifest's limits, then corpus_mask and top_k: one top_k per request, in [1, the built maximum]);
-bad input gets INVALID_ARG naming it, one bad request never fails the others of its batch.
+corpus has topics, `top_k_topics`. Exact search (phoenix_runtime.topk) unless the build chose the FAISS index.
+Every request is checked before any work (phoenix_runtime.request.check_request with the manifest's limits,
+then corpus_mask and top_k: one top_k per request, in [1, the built maximum]); bad input gets INVALID_ARG
+naming it, one bad request never fails the others of its batch.
 """
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from phoenix_export import contract
-
-MASKED_SCORE = -1e12   # upstream's score of a corpus row outside the mask
+from phoenix_runtime.manifest import USER_TOWER, read_manifest
+from phoenix_runtime.request import Limits, RequestError, check_request
+from phoenix_runtime.topk import check_top_k, exact_top_k
 
 
 def _bad(message):
@@ -28,10 +28,10 @@ def _bad(message):
 class TritonPythonModel:
     def initialize(self, args):
         here = Path(args["model_repository"]).resolve() / args["model_version"]
-        manifest = contract.read_manifest(here.parent.parent)
+        manifest = read_manifest(here.parent.parent)
         rec = manifest["served"][args["model_name"]]
         self.inputs, self.max_k = rec["inputs"], int(rec["top_k"])
-        self.limits = contract.Limits.from_dict(manifest["limits"])
+        self.limits = Limits.from_dict(manifest["limits"])
         self.corpus = np.load(here / "corpus.npy", mmap_mode="r")
         self.post_ids = np.load(here / "corpus_post_ids.npy")
         self.author_ids = np.load(here / "corpus_author_ids.npy")
@@ -59,13 +59,15 @@ class TritonPythonModel:
     def _one(self, request):
         arrays = {s["name"]: pb_utils.get_input_tensor_by_name(request, s["name"]) for s in self.inputs}
         try:
-            contract.check_request(self.inputs, {n: t.as_numpy() for n, t in arrays.items()}, self.limits,
-                                   "phoenix_retrieval")
+            check_request(self.inputs, {n: t.as_numpy() for n, t in arrays.items()}, self.limits,
+                          "phoenix_retrieval")
             mask, k = self._options(request, len(arrays[self.inputs[0]["name"]].as_numpy()))
-        except (contract.RequestError, ValueError) as e:
+        except RequestError as e:  # names the model already
             return _bad(str(e))
+        except ValueError as e:
+            return _bad(f"phoenix_retrieval: {e}")
         kwargs = {"preferred_memory": self.preferred} if self.preferred is not None else {}
-        tower = pb_utils.InferenceRequest(model_name=contract.USER_TOWER, inputs=list(arrays.values()),
+        tower = pb_utils.InferenceRequest(model_name=USER_TOWER, inputs=list(arrays.values()),
                                           requested_output_names=["user_representation"], **kwargs).exec()
         if tower.has_error():
             return pb_utils.InferenceResponse(error=tower.error())
@@ -86,27 +88,19 @@ class TritonPythonModel:
         t = pb_utils.get_input_tensor_by_name(request, "corpus_mask")
         mask = None if t is None else t.as_numpy()
         if mask is not None and (mask.shape != (users, n) or mask.dtype != np.bool_):
-            raise ValueError(f"phoenix_retrieval: corpus_mask must be bool [{n}] per user (the corpus rows), got "
+            raise ValueError(f"corpus_mask must be bool [{n}] per user (the corpus rows), got "
                              f"{mask.dtype} {list(mask.shape[1:])}")
         t = pb_utils.get_input_tensor_by_name(request, "top_k")
         ks = None if t is None else t.as_numpy().reshape(-1)
         if ks is not None and ks.size and (ks != ks[0]).any():
-            raise ValueError(f"phoenix_retrieval: top_k differs between the users of one request "
+            raise ValueError(f"top_k differs between the users of one request "
                              f"({sorted(set(int(v) for v in ks))}); send one value per request")
         k = self.max_k if ks is None or not ks.size else int(ks[0])   # int(): exact for any integer dtype
-        if not 1 <= k <= min(self.max_k, n):
-            raise ValueError(f"phoenix_retrieval: top_k {k} outside [1, {min(self.max_k, n)}] (the built maximum "
-                             f"and the corpus size)")
+        check_top_k(k, n, self.max_k)
         return mask, k
 
     def _top_k(self, user: np.ndarray, mask, k: int):
         if self.index is not None and mask is None:
             scores, idx = self.index.search(user, k)
             return idx, scores
-        scores = user @ np.asarray(self.corpus).T                       # [B, N]
-        if mask is not None:
-            scores = np.where(mask, scores, np.float32(MASKED_SCORE))
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
-        idx = np.take_along_axis(part, order, 1)
-        return idx, np.take_along_axis(scores, idx, 1)
+        return exact_top_k(user, self.corpus, k, mask)

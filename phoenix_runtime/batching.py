@@ -4,7 +4,7 @@ Candidate isolation makes hash-0 padding exact: a padded candidate changes no re
 requests with different candidate counts can share one [B, C_max] engine call, and a client can pad C to
 a few fixed sizes. Inputs with a candidate dim are those whose spec shape is ["B", "C", ...].
 
-Plain numpy: the build copies this file into the model repository (`phoenix_serving/batching.py`).
+Standard library and numpy only: part of phoenix_runtime, which the build copies whole into the repository.
 """
 from __future__ import annotations
 

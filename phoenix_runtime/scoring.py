@@ -1,8 +1,8 @@
-"""Home-mixer's scoring of the ranker's output, in plain numpy (the Triton postprocessor's math).
+"""Home-mixer's scoring of the ranker's output: the score names, their sources, the weights, and the math.
 
-Only numpy and the standard library: the build copies this file into the Triton model repository.
-What the scores are called, which column feeds which, and the weights are data: the build computes them with
-export.contract (`score_sources`, `scoring_params`) and records them in the manifest; this module is the math.
+What the build decides (recorded in the manifest's phoenix_postprocess record): which column of a model feeds
+which PhoenixScores field (`score_sources`) and the weights and scalars (`scoring_params`, the published defaults
+with `--weight` overrides). What the server computes from it (`score`, over numpy arrays).
 Every rule below is home-mixer's, from the x-algorithm repository (January release aaa167b3,
 `home-mixer/`; the weight sums from the August release 28e414f, `home-mixer/scorers/ranking_scorer.rs`):
 
@@ -10,8 +10,8 @@ Named scores (`scorers/phoenix_scorer.rs`, `extract_phoenix_scores`; `candidate_
 `PhoenixScores`)
     A model's logit columns are named by its ordered action list: the January names (`favorite`, `repost`,
     ..., `dwell_time`) or proto `ActionName` names in lower case (`server_tweet_fav`, ...). Each of the 19
-    PhoenixScores fields (contract.PHOENIX_SCORES) reads the first column whose name is its January name or
-    the ActionName that `extract_phoenix_scores` reads (contract.score_sources); its value is that column's
+    PhoenixScores fields (PHOENIX_SCORES) reads the first column whose name is its January name or
+    the ActionName that `extract_phoenix_scores` reads (score_sources); its value is that column's
     probability, an independent sigmoid of the logit. `dwell_time` reads `continuous_preds[..., 1]`
     (ContinuousActionName DWELL_TIME = 1; the model's sigmoid output, dwell time over a 30 s scale) when
     the model has a continuous head, else the January column `dwell_time` (its sigmoid). A field with no
@@ -44,12 +44,111 @@ valid candidates by final score, best first, ties by candidate index; -1 pads th
 candidates (`valid` False) get weighted and final score 0, are left out of author diversity counting
 and of the ranking; their named scores are passed through. The math is float64 throughout (the order
 decisions too); outputs are float32 [B, C] (`ranking` int32).
+
+Standard library and numpy only: part of phoenix_runtime, which the build copies whole into the repository.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
 import numpy as np
+
+# ------------------------------------------------------------------------------------------ served scores
+
+# home-mixer's PhoenixScores, in the struct's order (candidate_pipeline/candidate.rs:30-51), and the column each
+# field reads (scorers/phoenix_scorer.rs:129-151, extract_phoenix_scores): the January action name, or the proto
+# ActionName (lower case) of May-style models. dwell_time reads ContinuousActionName DWELL_TIME (1).
+PHOENIX_SCORES = {
+    "favorite_score": ("favorite", "server_tweet_fav"),
+    "reply_score": ("reply", "server_tweet_reply"),
+    "retweet_score": ("repost", "server_tweet_retweet"),
+    "photo_expand_score": ("photo_expand", "client_tweet_photo_expand"),
+    "click_score": ("click", "client_tweet_click"),
+    "profile_click_score": ("profile_click", "client_tweet_click_profile"),
+    "vqv_score": ("vqv", "client_tweet_video_quality_view"),
+    "share_score": ("share", "client_tweet_share"),
+    "share_via_dm_score": ("share_via_dm", "client_tweet_click_send_via_direct_message"),
+    "share_via_copy_link_score": ("share_via_copy_link", "client_tweet_share_via_copy_link"),
+    "dwell_score": ("dwell", "client_tweet_recap_dwelled"),
+    "quote_score": ("quote", "server_tweet_quote"),
+    "quoted_click_score": ("quoted_click", "client_quoted_tweet_click"),
+    "follow_author_score": ("follow_author", "client_tweet_follow_author"),
+    "not_interested_score": ("not_interested", "client_tweet_not_interested_in"),
+    "block_author_score": ("block_author", "client_tweet_block_author"),
+    "mute_author_score": ("mute_author", "client_tweet_mute_author"),
+    "report_score": ("report", "client_tweet_report"),
+    "dwell_time": ("dwell_time", None),
+}
+DWELL_TIME = "dwell_time"
+DWELL_TIME_CONTINUOUS = 1      # ContinuousActionName::DwellTime
+RESULT_NAMES = ("weighted_score", "final_score", "ranking", "probs")
+WEIGHT_NAMES = tuple(n.removesuffix("_score") for n in PHOENIX_SCORES)   # `weight.<name>` scoring parameters
+# Published defaults (the August release's home-mixer; the docs' table in README "Served scores").
+DEFAULT_WEIGHTS = {
+    "favorite": 0.5, "reply": 5.0, "retweet": 1.0, "photo_expand": 0.05, "click": 0.4, "profile_click": 0.0,
+    "vqv": 0.05, "share": 2.0, "share_via_dm": 5.0, "share_via_copy_link": 20.0, "dwell": 0.0, "quote": 5.0,
+    "quoted_click": 0.05, "follow_author": 4.0, "not_interested": -43.2, "block_author": -31.2,
+    "mute_author": -58.8, "report": -234.0, "dwell_time": 0.004,
+}
+NEGATIVE_WEIGHTS = ("not_interested", "block_author", "mute_author", "report")   # ranking_scorer.rs:127
+CONTINUOUS_WEIGHTS = ("dwell_time",)        # a value, not a positive action: outside the weight sums
+# The order weighted_scorer.rs:49-67 adds the terms in (dwell_time before follow_author): float sums depend on it.
+WEIGHTED_ORDER = (*WEIGHT_NAMES[:13], "dwell_time", *WEIGHT_NAMES[13:18])
+SCALAR_DEFAULTS = {"negative_scores_offset": 0.001, "author_diversity_decay": 0.5, "author_diversity_floor": 0.25,
+                   "oon_factor": 0.75, "min_video_duration_ms": 10000}
+SCALAR_PARAMS = tuple(SCALAR_DEFAULTS)
+
+
+def score_sources(actions, num_continuous: int) -> dict:
+    """{"fields": {PhoenixScores field: ["column", i] | ["continuous", j] | None (the model cannot produce
+    it)}, "columns": {name: i} for every column no field reads (served under its own name), "num_actions"}. A field reads
+    the first column named its January name or its ActionName; dwell_time reads continuous_preds[..., 1]
+    when the model has a continuous head (a `dwell_time` column is then superseded and not served)."""
+    actions = list(actions)
+    dupes = sorted({a for a in actions if actions.count(a) > 1})
+    clash = [a for a in actions if a != DWELL_TIME and a in (*PHOENIX_SCORES, *RESULT_NAMES)]
+    if dupes or clash:
+        raise ValueError(f"actions: duplicate column names {dupes} / names that clash with served outputs {clash}")
+    fields: dict[str, list | None] = {}
+    for name, (january, action_name) in PHOENIX_SCORES.items():
+        if name == DWELL_TIME and num_continuous > DWELL_TIME_CONTINUOUS:
+            fields[name] = ["continuous", DWELL_TIME_CONTINUOUS]
+            continue
+        col = next((i for i, a in enumerate(actions) if a in (january, action_name)), None)
+        fields[name] = None if col is None else ["column", col]
+    read = {src[1] for src in fields.values() if src and src[0] == "column"}
+    columns = {a: i for i, a in enumerate(actions) if i not in read and a != DWELL_TIME}
+    return {"fields": fields, "columns": columns, "num_actions": len(actions)}
+
+
+def served_score_names(sources: dict) -> list[str]:
+    """What a postprocessor serves: the 19 fields, the unread columns, weighted/final score, ranking, probs."""
+    return [*sources["fields"], *sources["columns"], *RESULT_NAMES]
+
+
+def scoring_params(overrides: dict) -> dict:
+    """The complete scoring parameters (defaults + `weight.<name>` / scalar overrides given as strings), as
+    the manifest records them; an unknown name or a value that is not a finite number raises ValueError
+    naming the key."""
+    weights, scalars = dict(DEFAULT_WEIGHTS), dict(SCALAR_DEFAULTS)
+    for key, value in overrides.items():
+        name = key.removeprefix("weight.")
+        target = weights if key.startswith("weight.") else scalars
+        if name not in target:
+            raise ValueError(f"scoring parameter {key!r}: unknown; weights are {list(WEIGHT_NAMES)}, scalars "
+                             f"{list(SCALAR_PARAMS)}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = float("nan")
+        if not np.isfinite(number):
+            raise ValueError(f"scoring parameter {key!r} must be a finite number, got {value!r}")
+        target[name] = number
+    if scalars["min_video_duration_ms"] != int(scalars["min_video_duration_ms"]):
+        raise ValueError("scoring parameter 'min_video_duration_ms' must be a whole number of milliseconds")
+    return {"weights": weights, "order": list(WEIGHTED_ORDER), "negative": list(NEGATIVE_WEIGHTS),
+            "continuous": list(CONTINUOUS_WEIGHTS), **scalars}
+
 
 # Public input names, as error messages use them.
 LOGITS = "logits"
@@ -65,7 +164,7 @@ VALID = "valid"
 class ScoringParams:
     """home-mixer's weights (one per PhoenixScores field, by short name), the order weighted_scorer.rs adds the
     terms in, which weights are negative / continuous, and the scalars of the scorers. Built from the
-    manifest record (export.contract.scoring_params)."""
+    manifest record (scoring_params)."""
     weights: dict
     order: tuple
     negative: tuple
@@ -271,9 +370,9 @@ def ranking(final: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def score(logits, sources: dict, valid, continuous_preds=None, author_keys=None, author_hash_fallback=None,
           video_duration_ms=None, in_network=None, params: ScoringParams | None = None) -> dict[str, np.ndarray]:
-    """Every served name (contract.served_score_names) for ranker output logits [B, C, A].
+    """Every served name (served_score_names) for ranker output logits [B, C, A].
 
-    sources: contract.score_sources of the model (which column feeds which field); valid [B, C] bool
+    sources: score_sources of the model (which column feeds which field); valid [B, C] bool
     (False = padded candidate); continuous_preds [B, C, K] or None (no continuous head); author_keys =
     candidate_author_ids [B, C]; author_hash_fallback: the first candidate author hash [B, C], used without
     ids; video_duration_ms [B, C] (0 = unknown); in_network [B, C] bool or None (unknown); params: the

@@ -1,13 +1,15 @@
-"""The build contract: hashing raw ids as upstream does, request checks that name the input or the limit,
-the limits, the served score sources, the manifest's one way to find artifacts."""
+"""phoenix_runtime: hashing raw ids as upstream does, THE request check (names the input or the limit; the same
+value rules on numpy arrays and torch tensors), the limits, exact top-k, the manifest's one way to find artifacts."""
 import json
 
 import numpy as np
 import pytest
-
-from export import contract
-from export.contract import EntityHash, Limits, ManifestError, RequestError, check_request, find_artifact, hash_ids
 from conftest import MAY_ARTIFACTS
+
+from phoenix_runtime.hashing import EntityHash, hash_ids
+from phoenix_runtime.manifest import FORMAT, ManifestError, find_artifact, read_manifest
+from phoenix_runtime.request import Limits, RequestError, check_request, out_of_range, value_problem
+from phoenix_runtime.topk import MASKED_SCORE, exact_top_k
 
 
 def reference_hash(raw_id: int, scale: int, bias: int, modulus: int, vocab: int) -> int:
@@ -103,7 +105,7 @@ def test_candidate_sizes_pad_up_and_end_at_the_limit():
     limits = Limits(4, 256, 4, candidate_sizes=(64, 16, 256))
     assert limits.candidate_sizes == (16, 64, 256)
     assert [limits.padded_candidates(c) for c in (1, 16, 17, 200, 256)] == [16, 16, 64, 256, 256]
-    with pytest.raises(RequestError, match="at most 256"):
+    with pytest.raises(RequestError, match="257 candidates per user; the limit max_candidates is 256"):
         limits.padded_candidates(257)
     assert Limits(4, 100, 4).padded_candidates(37) == 37
     with pytest.raises(ValueError, match="end at max_candidates"):
@@ -126,7 +128,62 @@ def test_find_artifact_by_device_and_kind():
 
 def test_an_incomplete_manifest_is_refused(tmp_path):
     with pytest.raises(ManifestError, match="no manifest.json"):
-        contract.read_manifest(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps({"format": contract.FORMAT, "artifacts": []}))
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": FORMAT, "artifacts": []}))
     with pytest.raises(ManifestError, match="an incomplete build"):
-        contract.read_manifest(tmp_path)
+        read_manifest(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------ value rules
+
+@pytest.mark.parametrize("check, values, high, problem", [
+    ("hash", [0, 5, 9], 10, None), ("hash", [3, 10], 10, "holds 10, outside [0, 10) (the user table)"),
+    ("hash", [-1, 2], 10, "holds -1, outside [0, 10)"), ("index", [0, 15], 16, None),
+    ("multi_hot", [0.0, 1.0], None, None), ("multi_hot", [0.0, 0.5], None, "must be multi-hot 0/1, holds 0.5"),
+    ("finite", [1.0, float("inf")], None, "NaN or infinite"), ("finite", [float("nan")], None, "NaN or infinite"),
+    ("time", [0, 1_750_000_000], None, None), ("time", [-3], None, "holds -3: timestamps are seconds >= 0"),
+])
+def test_one_value_rule_for_numpy_arrays_and_torch_tensors(check, values, high, problem):
+    """The served check (numpy) and the torch model's check (tensors) are one function with one wording; the
+    element-wise mask the exported graphs use is the same rule."""
+    import torch
+
+    dtype = np.float32 if check in ("multi_hot", "finite") else np.int64
+    a = np.array(values, dtype=dtype)
+    for v in (a, torch.from_numpy(a)):
+        got = value_problem(check, v, high, "user")
+        assert (got is None) if problem is None else (problem in got), (type(v), got)
+    assert np.asarray(out_of_range(check, torch.from_numpy(a), high)).tolist() == out_of_range(check, a, high).tolist()
+
+
+# ------------------------------------------------------------------------------------------ top-k
+
+def test_exact_top_k_is_the_brute_force_order_with_ties_to_the_lower_row():
+    rng = np.random.default_rng(3)
+    corpus = rng.standard_normal((500, 16)).astype(np.float32)
+    corpus[100:110] = corpus[7]                       # eleven equal rows: ties
+    users = np.stack([corpus[7], rng.standard_normal(16).astype(np.float32)])
+    idx, scores = exact_top_k(users, corpus, 20)
+    brute = users @ corpus.T
+    for b in range(2):
+        want = sorted(range(500), key=lambda i: (-brute[b, i], i))[:20]
+        assert idx[b].tolist() == want
+        np.testing.assert_array_equal(scores[b], brute[b, want])
+    assert idx[0, :11].tolist() == [7, *range(100, 110)]
+
+
+def test_exact_top_k_masks_rows_per_user_and_keeps_the_lowest_masked_rows_last():
+    rng = np.random.default_rng(4)
+    corpus = rng.standard_normal((50, 8)).astype(np.float32)
+    users = rng.standard_normal((2, 8)).astype(np.float32)
+    mask = np.zeros((2, 50), bool)
+    mask[0, [3, 9, 40]] = True
+    mask[1, :] = True
+    idx, scores = exact_top_k(users, corpus, 5, mask)
+    assert set(idx[0, :3].tolist()) == {3, 9, 40} and idx[0, 3:].tolist() == [0, 1]   # upstream: -1e12, lowest rows
+    assert (scores[0, 3:] == np.float32(MASKED_SCORE)).all()
+    assert idx[1].tolist() == np.argsort(-(users[1] @ corpus.T), kind="stable")[:5].tolist()
+    with pytest.raises(ValueError, match="top_k 51 outside \\[1, 50\\]"):
+        exact_top_k(users, corpus, 51)
+    with pytest.raises(ValueError, match="corpus_mask"):
+        exact_top_k(users, corpus, 5, mask.astype(np.int8))

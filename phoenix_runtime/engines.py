@@ -6,13 +6,14 @@
 
 Kinds: `onnxruntime` (an ONNX graph), `torch` and `torch_compile` (a `torch.export` program, eager or
 compiled), `aoti` (an AOTInductor package) and `tensorrt` (a TensorRT plan). Each engine first checks its
-feed against the artifact's input specs: a missing or unexpected name, a wrong dtype, rank or fixed dim,
-or a symbolic dim ("B", "C") that disagrees between inputs raises `EngineInputError` naming the input.
+feed against the artifact's input specs with `request.check_shapes`: a missing or unexpected name, a wrong
+dtype, rank or fixed dim, or a symbolic dim ("B", "C") that disagrees between inputs raises RequestError
+naming the input.
 
 Devices: "cpu" or "cuda:N"; every GPU engine runs on GPU N (a Triton instance's device), TensorRT on a
 CUDA stream of its own. Only numpy and the engine's own runtime (onnxruntime, torch, tensorrt) are
-imported, each when first needed: the build copies this file into the model repository
-(`phoenix_export/runtime.py`) for the Python-backend engine host.
+imported, each when first needed: part of phoenix_runtime, which the build copies whole into the
+repository for the Python-backend engine host.
 """
 from __future__ import annotations
 
@@ -21,15 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import find_artifact, read_manifest
+from .manifest import find_artifact, read_manifest
+from .request import RequestError, check_shapes
 
 KINDS = ("onnxruntime", "torch", "torch_compile", "aoti", "tensorrt")
 ARTIFACT_KIND = {"onnxruntime": "onnx", "torch": "torch_export", "torch_compile": "torch_export", "aoti": "aoti",
                  "tensorrt": "tensorrt"}
-
-
-class EngineInputError(ValueError):
-    """A feed that does not match the engine's inputs (the message names the input)."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -71,35 +69,10 @@ class Engine:
         return [o["name"] for o in self.outputs]
 
     def validate(self, feed: dict) -> dict:
-        """Check names, dtypes, ranks and dims of `feed`; return it unchanged."""
+        """Check names, dtypes, ranks and dims of `feed` (request.check_shapes); return it unchanged."""
         if not isinstance(feed, dict):
-            raise EngineInputError(f"{self.kind} engine: the feed must be a dict of input name -> array")
-        missing = [n for n in self.input_names if n not in feed]
-        extra = [n for n in feed if n not in self.input_names]
-        if missing or extra:
-            raise EngineInputError(f"{self.model} ({self.kind}): missing input(s) {missing}, unexpected input(s) "
-                                   f"{extra}; expected {self.input_names}")
-        sizes: dict[str, tuple[int, str]] = {}
-        for spec in self.inputs:
-            name, value = spec["name"], feed[spec["name"]]
-            if not hasattr(value, "shape") or not hasattr(value, "dtype"):
-                raise EngineInputError(f"input {name!r} must be a numpy array or torch tensor")
-            got = str(value.dtype).removeprefix("torch.")
-            if got != spec["dtype"]:
-                raise EngineInputError(f"input {name!r} has dtype {got}, expected {spec['dtype']}")
-            shape, want = tuple(value.shape), spec["shape"]
-            if len(shape) != len(want):
-                raise EngineInputError(f"input {name!r} has shape {list(shape)}, expected {want}")
-            for axis, (n, w) in enumerate(zip(shape, want)):
-                if isinstance(w, str):
-                    if n < 1:
-                        raise EngineInputError(f"input {name!r} axis {axis} ({w}) is {n}; it must be at least 1")
-                    if w in sizes and sizes[w][0] != n:
-                        raise EngineInputError(f"input {name!r} axis {axis} ({w}) is {n} but input "
-                                               f"{sizes[w][1]!r} has {w}={sizes[w][0]}")
-                    sizes.setdefault(w, (n, name))
-                elif n != w:
-                    raise EngineInputError(f"input {name!r} has shape {list(shape)}, expected {want}")
+            raise RequestError(f"{self.model} ({self.kind}): the feed must be a dict of input name -> array")
+        check_shapes(self.inputs, feed, f"{self.model} ({self.kind})", exact=True)
         return feed
 
     def __call__(self, feed: dict) -> dict[str, np.ndarray]:
@@ -245,7 +218,7 @@ class PlanRunner:
                 t = torch.as_tensor(to_numpy(feeds[name])) if not isinstance(feeds[name], torch.Tensor) else feeds[name]
                 t = t.to(device=self.device, dtype=self.dtypes[name], non_blocking=True).contiguous()
                 if not self.context.set_input_shape(name, tuple(t.shape)):
-                    raise EngineInputError(f"input {name!r} has shape {tuple(t.shape)}, outside the plan's optimization "
+                    raise RequestError(f"input {name!r} has shape {tuple(t.shape)}, outside the plan's optimization "
                                            f"profile (min, opt, max) "
                                            f"{[tuple(d) for d in self.engine.get_tensor_profile_shape(name, 0)]}")
                 self.context.set_tensor_address(name, t.data_ptr())
