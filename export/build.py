@@ -40,8 +40,9 @@ from export.models import Models, ModelSource, features_from_json, load_models, 
 from export.onnx_export import OPSET, export_onnx, write_cpu_bf16
 from phoenix_runtime.engines import KINDS as RUNTIME_KINDS, EngineUnavailable, OnnxRuntimeEngine
 from phoenix_runtime.hashing import hash_ids
-from phoenix_runtime.manifest import (FORMAT, MANIFEST, POSTPROCESS, RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER,
-                                      VERSION, Artifact, model_path, write_manifest)
+from phoenix_runtime.manifest import (ENSEMBLE, ENSEMBLE_EMBEDDINGS, FORMAT, MANIFEST, PIPELINE, POSTPROCESS, RANKER,
+                                      RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact, model_path,
+                                      write_manifest)
 from phoenix_runtime.request import (DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_CANDIDATES, DEFAULT_MAX_REQUEST_BYTES,
                                      DEFAULT_TOP_K, Limits)
 from phoenix_runtime.scoring import SCALAR_PARAMS, scoring_params
@@ -175,10 +176,19 @@ def served_records(models: Models, specs: dict[str, GraphSpec], opts: repo.Repos
         served[model] = repo.engine_record(specs[graph], inputs, lookups if host else {}, family, opts.target, engine)
     served[POSTPROCESS] = repo.postprocess_record(models.ranker.config, scoring_params(opts.weights),
                                                     served[RANKER]["inputs"])
+    if host:      # named scores in the engine's process: one hop (GPU platform targets: the ensembles)
+        served[ENSEMBLE] = repo.scored_record(RANKER, served[RANKER], served[POSTPROCESS])
+        served[ENSEMBLE_EMBEDDINGS] = repo.scored_record(RANKER_EMBEDDINGS, served[RANKER_EMBEDDINGS],
+                                                         served[POSTPROCESS])
     if corpus is not None:
         served[RETRIEVAL] = repo.retrieval_record(served[USER_TOWER]["inputs"], models.retrieval.config.emb_size,
                                                     opts.top_k, opts.retrieval_index, len(corpus.post_ids),
                                                     corpus.topics is not None)
+        if repo.pipeline_scores(served[POSTPROCESS]):
+            served[PIPELINE] = repo.pipeline_record(served[USER_TOWER], served[RANKER], served[POSTPROCESS],
+                                                    served[RETRIEVAL])
+        else:
+            console.print(f"[yellow]no {PIPELINE}: the ranker lacks a column of the pipeline's score[/]")
     return served
 
 

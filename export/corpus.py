@@ -22,11 +22,14 @@ import numpy as np
 
 from export.artifacts import ArtifactsError, Corpus, read_corpus
 from phoenix_runtime.manifest import RETRIEVAL, Artifact, ManifestError, model_path, read_manifest, write_manifest
+from phoenix_runtime.topk import quantize_corpus
 
 HNSW_NEIGHBOURS = 32        # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 400        # search breadth at serve time: recall vs latency (K = 200 needs ef >= K)
 FILES = ("corpus.npy", "corpus_post_ids.npy", "corpus_author_ids.npy", "corpus_topics.npy")
+SCAN_FILE = "corpus_scan.onnx"
+SCAN_OPSET = 17
 
 
 def write_faiss_index(representations: np.ndarray, path: Path, root: Path) -> Artifact:
@@ -43,6 +46,26 @@ def write_faiss_index(representations: np.ndarray, path: Path, root: Path) -> Ar
                       info={"index": "faiss_hnsw", "M": HNSW_NEIGHBOURS, "ef_search": HNSW_EF_SEARCH}).with_file_info(root)
 
 
+def write_corpus_scan(representations: np.ndarray, path: Path, root: Path) -> Artifact:
+    """The exact search's approximate scan (phoenix_runtime.topk.Int8Scan): an ONNX graph multiplying the users'
+    7-bit parts [2B, D] uint8 by the corpus quantised to int8 (an initializer [D, N]) in exact integers.
+    The quantisation's scale and the bound's constants go into the artifact's `info`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    q, meta = quantize_corpus(representations)
+    d = representations.shape[1]
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["users", "corpus"], ["approx"])], "corpus_scan",
+        [helper.make_tensor_value_info("users", TensorProto.UINT8, ["users2", d])],
+        [helper.make_tensor_value_info("approx", TensorProto.INT32, ["users2", len(q)])],
+        [numpy_helper.from_array(np.ascontiguousarray(q.T), "corpus")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SCAN_OPSET)])
+    onnx.save_model(model, str(path))
+    return Artifact("retrieval_corpus_scan", RETRIEVAL, "corpus_scan", str(path.relative_to(root)),
+                    info=meta).with_file_info(root)
+
+
 def write_corpus(corpus: Corpus, root: Path, index: str) -> list[Artifact]:
     """The corpus files beside phoenix_retrieval's model.py (+ the FAISS index); their artifacts."""
     arrays = dict(zip(FILES, (corpus.representations, corpus.post_ids, corpus.author_ids, corpus.topics)))
@@ -55,6 +78,7 @@ def write_corpus(corpus: Corpus, root: Path, index: str) -> list[Artifact]:
             continue
         np.save(root / rel, array)
         arts.append(Artifact(f"retrieval_{name.removesuffix('.npy')}", RETRIEVAL, "corpus", rel).with_file_info(root))
+    arts.append(write_corpus_scan(corpus.representations, root / model_path(RETRIEVAL, SCAN_FILE), root))
     if index == "faiss":
         arts.append(write_faiss_index(corpus.representations, root / model_path(RETRIEVAL, "corpus.faiss"), root))
     return arts
@@ -75,7 +99,8 @@ def swap(repository: Path, corpus_file: Path, index: str | None = None) -> dict:
     (repository / model_path(RETRIEVAL, "corpus.faiss")).unlink(missing_ok=True)
     arts = write_corpus(corpus, repository, rec["index"])
     rec["corpus_rows"] = len(corpus.post_ids)
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["kind"] != "corpus"] + [a.to_dict() for a in arts]
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["kind"] not in ("corpus", "corpus_scan")] + \
+                            [a.to_dict() for a in arts]
     write_manifest(repository, manifest)
     return manifest
 

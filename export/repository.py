@@ -6,7 +6,8 @@
 | phoenix_ranker_embeddings | Python engine host, `ranker_embeddings` | `onnxruntime_onnx` | `tensorrt_plan` |
 | phoenix_user_tower, phoenix_candidate_tower | Python engine host (tables, `*_tower_embeddings`) | `onnxruntime_onnx`, hashes in | `tensorrt_plan`, hashes in |
 | phoenix_postprocess, phoenix_retrieval | Python, CPU | same | same |
-| phoenix, phoenix_embeddings | ensembles: ranker -> postprocess | same | same |
+| phoenix, phoenix_embeddings | Python: the ranker's engine host and the postprocess's scoring in one process | ensembles: ranker -> postprocess | same |
+| phoenix_pipeline | Python: hashing, the user tower, the corpus search, the ranker and the scoring in one process | Python, the engines called through Triton | same |
 
 Each served model's record in the manifest (`served`) holds its graph, engine, input specs (what a request
 must hold: names, dtypes, shapes, value ranges), outputs and, for engine hosts, the tables to gather from;
@@ -26,9 +27,10 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import phoenix_runtime
 from export.tensorrt import default_profile
-from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, POSTPROCESS,
-                                      RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact,
+from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE,
+                                      POSTPROCESS, RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact,
                                       client_config, model_path, sha256_file)
+from phoenix_runtime.pipeline import PIPELINE_WEIGHTS, RETRIEVAL_OUTPUTS, raw_inputs
 from phoenix_runtime.request import DEFAULT_TOP_K, Limits, resolve_shape
 from phoenix_runtime.scoring import score_sources, served_score_names
 
@@ -40,7 +42,8 @@ HOST_TARGETS = ("cpu", "gpu-python")            # a Python engine host gathers t
 PLATFORMS = {"gpu-tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
              "gpu-onnxruntime": ("onnxruntime_onnx", "onnx", "model.onnx")}
 PYTHON_SOURCE = {RANKER: "phoenix_ranker", RANKER_EMBEDDINGS: "phoenix_ranker", USER_TOWER: "phoenix_ranker",
-                 CANDIDATE_TOWER: "phoenix_ranker", POSTPROCESS: "phoenix_postprocess",
+                 CANDIDATE_TOWER: "phoenix_ranker", POSTPROCESS: "phoenix_postprocess", ENSEMBLE: "phoenix",
+                 ENSEMBLE_EMBEDDINGS: "phoenix", PIPELINE: "phoenix_pipeline",
                  RETRIEVAL: "phoenix_retrieval"}
 DEFAULT_QUEUE_DELAY_US = 0  # measured: triton_repo/README.md "Queue delay"
 _DTYPES = {"int32": mc.TYPE_INT32, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32, "uint64": mc.TYPE_UINT64,
@@ -127,6 +130,31 @@ def postprocess_record(ranker_config, params: dict, ranker_inputs: list[dict]) -
                for n in served_score_names(sources)]
     return {"backend": "python", "inputs": inputs + request, "request_inputs": request, "outputs": outputs,
             "sources": sources, "actions": list(ranker_config.actions), "params": dict(params)}
+
+
+def scored_record(engine_model: str, engine: dict, post: dict) -> dict:
+    """`phoenix` / `phoenix_embeddings` on the Python-host targets: the engine model's record run in-process,
+    then the postprocess's scoring (inputs: the engine's and home-mixer's facts; outputs: the postprocess's)."""
+    return {"backend": "python", "engine_model": engine_model, "inputs": engine["inputs"] + post["request_inputs"],
+            "outputs": post["outputs"]}
+
+
+def pipeline_scores(post: dict) -> bool:
+    """Whether the model has every field the pipeline's own score reads."""
+    return all(post["sources"]["fields"].get(f) for f in PIPELINE_WEIGHTS)
+
+
+def pipeline_record(tower: dict, ranker: dict, post: dict, retrieval: dict) -> dict:
+    """phoenix_pipeline: raw ids of the user and history in (pipeline.raw_inputs), retrieval's top K, their named
+    scores and the pipeline's score and order out."""
+    ret = {o["name"]: o for o in retrieval["outputs"]}
+    outputs = [{**ret[n], "shape": ["B", "K"]} for n in RETRIEVAL_OUTPUTS if n in ret]
+    outputs += [{**o, "shape": ["B", "K", *o["shape"][2:]]} for o in post["outputs"]]
+    outputs += [{"name": "pipeline_score", "dtype": "float32", "shape": ["B", "K"]},
+                {"name": "pipeline_ranking", "dtype": "int32", "shape": ["B", "K"]}]
+    return {"backend": "python", "inputs": raw_inputs(tower["inputs"], ranker["inputs"]),
+            "request_inputs": retrieval["request_inputs"], "outputs": outputs,
+            "engines": {"tower": USER_TOWER, "ranker": RANKER}}
 
 
 def retrieval_record(user_inputs: list[dict], emb_size: int, top_k: int, index: str, corpus_rows: int,
@@ -252,17 +280,24 @@ def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> 
     return cfg
 
 
-def configs(served: dict, opts: RepositoryOptions, warmup_c: int, placed: dict | None = None) -> dict[str, mc.ModelConfig]:
+def configs(served: dict, opts: RepositoryOptions, warmup_c: int,
+            placed: dict | None = None) -> dict[str, mc.ModelConfig]:
     """Every model's ModelConfig from the manifest's `served` records and the engines placed (no files written)."""
     out = {name: engine_config(name, served[name], opts, warmup_c, (placed or {}).get(name))
            for name in ENGINE_MODELS if name in served}
     out[POSTPROCESS] = _base(POSTPROCESS, served[POSTPROCESS], opts, None)
     out[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds = 0
-    out[ENSEMBLE] = ensemble_config(ENSEMBLE, out[RANKER], out[POSTPROCESS])
-    out[ENSEMBLE_EMBEDDINGS] = ensemble_config(ENSEMBLE_EMBEDDINGS, out[RANKER_EMBEDDINGS], out[POSTPROCESS])
+    for name, engine in ((ENSEMBLE, RANKER), (ENSEMBLE_EMBEDDINGS, RANKER_EMBEDDINGS)):
+        if name in served:          # the Python-host targets: engine and scoring in one process
+            out[name] = _base(name, served[name], opts, warmup_c)
+        else:
+            out[name] = ensemble_config(name, out[engine], out[POSTPROCESS])
     if RETRIEVAL in served:
         rec = served[RETRIEVAL]
         out[RETRIEVAL] = _base(RETRIEVAL, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, None)
+    if PIPELINE in served:
+        rec = served[PIPELINE]
+        out[PIPELINE] = _base(PIPELINE, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, 1)
     return out
 
 

@@ -32,6 +32,7 @@ ENSEMBLE_EMBEDDINGS = "phoenix_embeddings"           # phoenix_ranker_embeddings
 USER_TOWER = "phoenix_user_tower"                    # user + history -> user_representation
 CANDIDATE_TOWER = "phoenix_candidate_tower"          # candidate hashes -> candidate_representation
 RETRIEVAL = "phoenix_retrieval"                      # user tower + top-k over the corpus
+PIPELINE = "phoenix_pipeline"                        # raw ids -> retrieval -> ranking -> named scores, in one request
 ENGINE_MODELS = (RANKER, RANKER_EMBEDDINGS, USER_TOWER, CANDIDATE_TOWER)
 
 
@@ -173,7 +174,7 @@ def verify(root, manifest: dict | None = None) -> list[str]:
 def client_config(manifest: dict) -> dict:
     """Everything a client needs to build requests: the ranker's input specs (with each field's raw key),
     the action list and served score names, the limits, the hash parameters per entity (ranker and
-    retrieval), the user-tower inputs. Served as a config parameter of phoenix_postprocess."""
+    retrieval), the user-tower inputs, the pipeline's inputs. Served as a config parameter of phoenix_postprocess."""
     served = manifest["served"]
     return {"release": manifest.get("release"), "preset": manifest.get("preset"),
             "precision": manifest.get("precision"), "actions": manifest["model_config"]["actions"],
@@ -182,5 +183,7 @@ def client_config(manifest: dict) -> dict:
             "ranker_inputs": served[RANKER]["inputs"], "hashing": manifest["hashing"],
             "retrieval_inputs": served.get(RETRIEVAL, {}).get("inputs"),
             "retrieval_hashing": manifest.get("retrieval_hashing"),
-            "postprocess_inputs": served[POSTPROCESS]["request_inputs"]}
+            "postprocess_inputs": served[POSTPROCESS]["request_inputs"],
+            "pipeline_inputs": (served[PIPELINE]["inputs"] + served[PIPELINE]["request_inputs"]
+                                if PIPELINE in served else None)}
 

@@ -89,9 +89,12 @@ def dtype_name(value) -> str:
 
 def check_shapes(specs: list[dict], arrays: dict, where: str, exact: bool = False) -> dict[str, int]:
     """Names, dtypes, ranks and dims of `arrays` (numpy arrays or torch tensors) against input specs
-    {"name", "dtype", "shape": ["B", "C", 2]}; returns the symbolic dims {"B": .., "C": ..}. Raises
-    RequestError naming the input: a missing one (or, `exact`, one no spec names), a wrong dtype, rank or
+    {"name", "dtype", "shape": ["B", "C", 2], "optional": bool}; returns the symbolic dims {"B": .., "C": ..}.
+    Raises RequestError naming the input: a missing one (an optional one may be absent, unless `exact`: an
+    engine feed, which must hold exactly the specs), with `exact` one no spec names, a wrong dtype, rank or
     fixed dim, a symbolic dim of 0, inputs that disagree on a symbolic dim (both named)."""
+    if not exact:
+        specs = [s for s in specs if s["name"] in arrays or not s.get("optional")]
     missing = [s["name"] for s in specs if s["name"] not in arrays]
     extra = [n for n in arrays if n not in {s["name"] for s in specs}] if exact else []
     if missing or extra:
@@ -125,16 +128,17 @@ def check_shapes(specs: list[dict], arrays: dict, where: str, exact: bool = Fals
 
 
 def check_request(specs: list[dict], arrays: dict, limits: Limits, model: str) -> dict[str, int]:
-    """Check one request's arrays against the served model's input specs and limits before any work;
-    return its dims {"B", "C", ...}. Raises RequestError naming the input or the limit: too many bytes,
-    everything `check_shapes` checks, too many candidates or users, and values outside their range
-    (`value_problem`: hashes outside their table, categories outside their vocabulary, actions not 0/1,
+    """Check one request's arrays against the served model's input specs and limits before any work (optional
+    inputs may be absent); return its dims {"B", "C", ...}. Raises RequestError naming the input or the limit:
+    too many bytes, everything `check_shapes` checks, too many candidates or users, and values outside their
+    range (`value_problem`: hashes outside their table, categories outside their vocabulary, actions not 0/1,
     non-finite floats, negative timestamps)."""
     total = sum(int(np.asarray(a).nbytes) for a in arrays.values())
     if total > limits.max_request_bytes:
         raise RequestError(f"{model}: the request holds {total} bytes of inputs, above the limit max_request_bytes "
                            f"= {limits.max_request_bytes}")
     dims = check_shapes(specs, arrays, model)
+    specs = [s for s in specs if s["name"] in arrays]           # the optional inputs absent are fine
     if "C" in dims:
         limits.check_candidates(dims["C"], model)
     if "B" in dims:

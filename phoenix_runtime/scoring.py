@@ -404,3 +404,23 @@ def score(logits, sources: dict, valid, continuous_preds=None, author_keys=None,
     out["ranking"] = ranking(final, valid)
     out["probs"] = probs.astype(np.float32)
     return out
+
+
+class Scorer:
+    """home-mixer's scoring as a served model does it, from its manifest record (phoenix_postprocess's)."""
+
+    def __init__(self, record: dict):
+        self.sources = record["sources"]
+        self.params = ScoringParams.from_dict(record["params"])
+        self.request_inputs = record["request_inputs"]     # home-mixer's optional per-candidate facts
+
+    def __call__(self, outputs: dict, arrays: dict) -> dict[str, np.ndarray]:
+        """Every served score from a ranker's `outputs` (logits, continuous_preds) and the request's `arrays`
+        (candidate_post_hashes: hash 0 = padding; the optional author hashes, author ids, video durations and
+        in-network flags). Bad values raise ValueError naming the input."""
+        authors = arrays.get(AUTHOR_HASHES)
+        return score(outputs[LOGITS], self.sources, arrays["candidate_post_hashes"][..., 0] != 0,
+                     outputs.get(CONTINUOUS_PREDS), author_keys=arrays.get(AUTHOR_IDS),
+                     author_hash_fallback=None if authors is None else authors[..., 0],
+                     video_duration_ms=arrays.get(VIDEO_DURATION), in_network=arrays.get(IN_NETWORK),
+                     params=self.params)

@@ -1,15 +1,14 @@
-"""Upstream's run_pipeline.py behind Triton: retrieval over the served corpus, then one ranking pass.
+"""Upstream's run_pipeline.py behind Triton, in ONE request: retrieval over the served corpus, then one ranking pass.
 
     result = run_pipeline(client, read_sequence("example_sequence.json", client.actions, client.history_len))
 
-1. the user and history (the release's sequence file: raw ids, actions by ActionName index) go to
-   phoenix_retrieval, which hashes nothing itself: the client hashes with the retrieval model's constants;
-2. the top K posts come back with their ids; they are hashed with the ranker's constants and ranked in ONE
-   request of K candidates (no chunks: candidate isolation, and slot j gets the RoPE position upstream's
-   chunk of candidate_seq_len gives it, so the scores equal upstream's chunked run);
-3. product surfaces 0, no timestamps and no dwell, as upstream; the pipeline's own weighted score
-   `p[fav] + 0.5 p[reply] + 0.3 p[retweet] + 0.2 p[dwell]` orders the result (home-mixer's weighted score
-   stays in the postprocess outputs).
+The user and history (the release's sequence file: raw ids, actions by ActionName index) go to phoenix_pipeline,
+which hashes them with each model's constants, retrieves the top K posts of the corpus, hashes those with the
+ranker's constants and ranks all K in one pass (no chunks: candidate isolation, and slot j gets the RoPE
+position upstream's chunk of candidate_seq_len gives it, so the scores equal upstream's chunked run), with
+product surfaces 0, no timestamps and no dwell, as upstream (phoenix_runtime.pipeline). The pipeline's own
+weighted score `p[fav] + 0.5 p[reply] + 0.3 p[retweet] + 0.2 p[dwell]` orders the result (home-mixer's
+weighted score comes back too).
 """
 from __future__ import annotations
 
@@ -21,9 +20,6 @@ import numpy as np
 
 from serving.client import PhoenixClient, PhoenixInputError
 
-# run_pipeline.py: weighted = p[1]*1.0 + p[4]*0.5 + p[6]*0.3 + p[11]*0.2 (ActionName columns)
-PIPELINE_WEIGHTS = {"server_tweet_fav": 1.0, "server_tweet_reply": 0.5, "server_tweet_retweet": 0.3,
-                    "client_tweet_recap_dwelled": 0.2}
 TABLE_COLUMNS = (("Fav", "server_tweet_fav"), ("Reply", "server_tweet_reply"), ("RT", "server_tweet_retweet"),
                  ("Dwell", "client_tweet_recap_dwelled"), ("VQV", "client_tweet_video_quality_view"))
 
@@ -87,25 +83,13 @@ def read_sequence(path, actions, history_len: int) -> Sequence:
     return Sequence(uid, history)
 
 
-def pipeline_weighted(probs: np.ndarray, actions) -> np.ndarray:
-    cols = {a: i for i, a in enumerate(actions)}
-    missing = [a for a in PIPELINE_WEIGHTS if a not in cols]
-    if missing:
-        raise PhoenixInputError(f"the served model has no column {missing}: the pipeline's score needs the "
-                                f"May release's ActionName columns")
-    return sum(probs[:, cols[a]] * w for a, w in PIPELINE_WEIGHTS.items()).astype(np.float32)
-
-
 def run_pipeline(client: PhoenixClient, seq: Sequence, top_k: int = 200) -> PipelineResult:
-    ret = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=top_k)
-    posts, authors = ret["top_k_post_ids"], ret["top_k_author_ids"]
-    candidates = [{"post_id": int(p), "author_id": int(a), "product_surface": 0} for p, a in zip(posts, authors)]
-    result = client.score(user_id=seq.user_id, history=seq.history, candidates=candidates)
-    weighted = pipeline_weighted(result.probs, client.actions)
-    ranked = np.argsort(-weighted, kind="stable")
-    return PipelineResult(seq.user_id, posts, authors, ret["top_k_scores"], result.probs, weighted, ranked,
+    out = client.pipeline(user_id=seq.user_id, history=seq.history, top_k=top_k)
+    posts = out["top_k_post_ids"]
+    return PipelineResult(seq.user_id, posts, out["top_k_author_ids"], out["top_k_scores"], out["probs"],
+                          out["pipeline_score"], out["pipeline_ranking"].astype(np.int64),
                           [t.decode() if isinstance(t, bytes) else str(t)
-                           for t in ret.get("top_k_topics", [""] * len(posts))])
+                           for t in out.get("top_k_topics", [""] * len(posts))])
 
 
 def format_table(r: PipelineResult, actions, display: int = 30, corpus_size: int | None = None) -> str:

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("phoenix_runtime", "phoenix_torch", "export", "serving", "benchmarks")
 # Each layer may import the layers before it (and itself), never one after it.
 LAYERS = ("phoenix_runtime", "phoenix_torch", "export", "serving", "benchmarks")
-RUNTIMES = {"onnxruntime", "torch", "tensorrt", "faiss"}      # engine runtimes: imported inside functions only
+RUNTIMES = {"onnxruntime", "torch", "tensorrt", "faiss", "triton_python_backend_utils"}   # imported inside functions
 TRITON_MODELS = sorted((ROOT / "triton_repo").glob("*/1/model.py"))
 
 

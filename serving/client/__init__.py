@@ -33,7 +33,7 @@ import numpy as np
 
 from phoenix_runtime.batching import stack_rows
 from phoenix_runtime.hashing import hash_ids, hash_params_from
-from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, POSTPROCESS, RETRIEVAL
+from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE, POSTPROCESS, RETRIEVAL
 from phoenix_runtime.request import Limits, RequestError, check_request
 
 
@@ -168,9 +168,11 @@ class PhoenixClient:
             for i, x in items:
                 v[int(i)] = float(x)
             return v
+        if spec["dtype"] == "uint64":                 # a raw id the server hashes (phoenix_pipeline)
+            return ids_array([value], f"{what}.{key}").reshape(trailing)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise PhoenixInputError(f"{what}.{key}: expected an integer, got {value!r}")
-        return np.asarray(value, dtype=spec["dtype"])
+        return np.asarray(value, dtype=spec["dtype"]).reshape(trailing)
 
     def _actions(self, value, what: str) -> np.ndarray:
         """Action names, served score names or column indices (a list, or {index: 0/1}) -> multi-hot [A]."""
@@ -332,6 +334,26 @@ class PhoenixClient:
             arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
         out = self.infer(arrays, RETRIEVAL)
         return {k: v[0] for k, v in out.items()}
+
+    def pipeline(self, user_id, history=(), user=None, top_k: int | None = None, corpus_mask=None) -> dict:
+        """The release's whole pipeline for one user in ONE request (phoenix_pipeline): the top K posts of the
+        served corpus and their scores. Raw ids in (the server hashes them with each model's constants); out:
+        top_k_post_ids, top_k_author_ids, top_k_scores (retrieval), probs [K, A], home-mixer's named scores,
+        weighted_score, final_score and ranking, pipeline_score and pipeline_ranking (run_pipeline.py's)."""
+        specs = self.config.get("pipeline_inputs")
+        if not specs:
+            raise PhoenixServerError(f"the server has no {PIPELINE} model (built with --no-towers, or an older build)")
+        saved, self.inputs = self.inputs, [s for s in specs if "side" in s]
+        try:
+            row = self.build_row(user_id=user_id, history=history, user=user)
+        finally:
+            self.inputs = saved
+        arrays = {k: v[None] for k, v in row.items() if k in {s["name"] for s in specs}}
+        if top_k is not None:
+            arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
+        if corpus_mask is not None:
+            arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
+        return {k: v[0] for k, v in self.infer(arrays, PIPELINE).items()}
 
     def infer(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
         """Send ready-made [B, ...] arrays as they are and return every output."""

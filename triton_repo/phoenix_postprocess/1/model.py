@@ -5,24 +5,19 @@ Inputs per user: `logits` [C, A] (and `continuous_preds` [C, K] for May-style mo
 `candidate_author_ids`, `candidate_video_duration_ms` (0 = unknown) and `candidate_in_network`.
 Outputs: the 19 PhoenixScores fields (NaN where the model has no column for one), every column no field
 reads (under its own name), `weighted_score`, `final_score` (after author diversity and the out-of-network
-factor), `ranking` (best first, -1 pads) and `probs` [C, A]. The math is phoenix_runtime.scoring; which
-column feeds which field and the weights come from this model's record in manifest.json. Every request is
-checked before any work with the ranker's rules and the manifest's limits (phoenix_runtime.request.check_request: B or C of 0,
-inputs that disagree on C, more candidates, users or bytes than the limits, hashes outside their table); a
-request that fails them, whose `input_error` is set, or whose values are wrong (NaN logits, negative
-durations) gets INVALID_ARG naming the input or the limit; the other requests of the batch are answered
-normally.
+factor), `ranking` (best first, -1 pads) and `probs` [C, A]: phoenix_runtime.scoring.Scorer with this model's
+record in manifest.json. Every request is checked before any work (phoenix_runtime.request.check_request with
+the manifest's limits); a request that fails, whose `input_error` is set, or whose values are wrong (NaN
+logits, negative durations) gets INVALID_ARG naming the input or the limit; the others are answered normally.
 """
 from pathlib import Path
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
 
-from phoenix_runtime import scoring
-from phoenix_runtime.manifest import RANKER, read_manifest
-from phoenix_runtime.request import Limits, RequestError, check_request, describe_input_error
-
-OPTIONAL = ("candidate_author_hashes", "candidate_author_ids", "candidate_video_duration_ms", "candidate_in_network")
+from phoenix_runtime import backend
+from phoenix_runtime.manifest import POSTPROCESS, RANKER, read_manifest
+from phoenix_runtime.request import Limits, check_request, describe_input_error
+from phoenix_runtime.scoring import Scorer
 
 
 class TritonPythonModel:
@@ -30,47 +25,28 @@ class TritonPythonModel:
         root = Path(args["model_repository"]).resolve().parent
         manifest = read_manifest(root)
         rec = manifest["served"][args["model_name"]]
-        self.sources = rec["sources"]
-        self.params = scoring.ScoringParams.from_dict(rec["params"])
-        self.ranker_inputs = manifest["served"][RANKER]["inputs"]
-        self.outputs = [o["name"] for o in rec["outputs"]]
+        self.scorer = Scorer(rec)
         self.inputs = rec["inputs"]
+        self.ranker_inputs = manifest["served"][RANKER]["inputs"]
         self.limits = Limits.from_dict(manifest["limits"])
+        self.ranks = backend.output_ranks(args)
 
     def execute(self, requests):
-        return [self._one(r) for r in requests]
+        return [backend.response(POSTPROCESS, self.run(backend.request_arrays(r, self.inputs)), self.ranks, r)
+                for r in requests]
 
-    def _one(self, request):
-        def get(name):
-            t = pb_utils.get_input_tensor_by_name(request, name)
-            return None if t is None else t.as_numpy()
-
+    def run(self, arrays: dict):
+        """The scores of one request, or the exception that answers it."""
         try:
-            arrays = {s["name"]: get(s["name"]) for s in self.inputs}
             flags = arrays.get("input_error")
             if flags is not None and flags.ndim == 2 and flags.shape[1] == 1:   # [B] served as dims [1]
                 arrays["input_error"] = flags[:, 0]
-            specs = [s for s in self.inputs if arrays.get(s["name"]) is not None or not s.get("optional")]
-            check_request(specs, {n: a for n, a in arrays.items() if a is not None}, self.limits,
-                          "phoenix_postprocess")
+            check_request(self.inputs, arrays, self.limits, POSTPROCESS)
             errors = arrays["input_error"]
             if errors.any():
                 bad = "; ".join(f"user {int(b)}: {describe_input_error(int(errors[b]), self.ranker_inputs)}"
                                 for b in np.flatnonzero(errors))
                 raise ValueError(f"invalid input: {bad}")
-            post = get("candidate_post_hashes")
-            author_hashes = get("candidate_author_hashes")
-            out = scoring.score(get("logits"), self.sources, post[..., 0] != 0, get("continuous_preds"),
-                                author_keys=get("candidate_author_ids"),
-                                author_hash_fallback=None if author_hashes is None else author_hashes[..., 0],
-                                video_duration_ms=get("candidate_video_duration_ms"),
-                                in_network=get("candidate_in_network"), params=self.params)
-        except RequestError as e:  # names the model already
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
-        except ValueError as e:  # bad input: 400, named; one bad request never fails the batch
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"phoenix_postprocess: {e}", pb_utils.TritonError.INVALID_ARG))
-        except Exception as e:  # a bug, not the request's fault: 500 for this request only, named
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"phoenix_postprocess: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL))
-        return pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(out[n])) for n in self.outputs])
+            return self.scorer(arrays, arrays)
+        except Exception as e:  # noqa: BLE001 - answered as an error response, the other requests go on
+            return e
