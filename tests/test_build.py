@@ -14,24 +14,24 @@ from conftest import DEMO_BUILD, DEMO_VOCAB
 
 from export import build
 from phoenix_runtime.engines import load_engine
-from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENSEMBLE, ENSEMBLE_EMBEDDINGS, MANIFEST, POSTPROCESS, RANKER,
-                                      RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, read_manifest, verify)
+from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENSEMBLE, ENSEMBLE_EMBEDDINGS, MANIFEST, PIPELINE, POSTPROCESS,
+                                      RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, read_manifest, verify)
 from phoenix_torch.parity import TOLERANCE
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-ALLOWED_IMPORTS = {"json", "pathlib", "numpy", "triton_python_backend_utils", "phoenix_runtime",
-                   "__future__", "dataclasses", "hashlib", "os", "tempfile", "shutil", "math", "onnxruntime", "torch",
-                   "tensorrt", "faiss"}
+# the standard library, numpy, the Python backend, the runtime package and engine runtimes (imported lazily)
+ALLOWED_IMPORTS = {*sys.stdlib_module_names, "numpy", "triton_python_backend_utils", "phoenix_runtime", "onnxruntime",
+                   "torch", "tensorrt", "faiss"}
 
 
 def test_demo_build_is_complete_and_its_files_match_the_manifest(demo_repo):
     manifest = read_manifest(demo_repo)
     assert (manifest["release"], manifest["precision"], manifest["target"]) == ("january", "fp32", "cpu")
     assert verify(demo_repo) == []
-    assert set(manifest["served"]) == {RANKER, RANKER_EMBEDDINGS, USER_TOWER,
-                                       CANDIDATE_TOWER, POSTPROCESS, RETRIEVAL}
+    assert set(manifest["served"]) == {RANKER, RANKER_EMBEDDINGS, USER_TOWER, CANDIDATE_TOWER, POSTPROCESS, RETRIEVAL,
+                                       ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE}
     configs = sorted(a["model"] for a in manifest["artifacts"] if a["kind"] == "triton_config")
-    assert configs == sorted([*manifest["served"], ENSEMBLE, ENSEMBLE_EMBEDDINGS])
+    assert configs == sorted(manifest["served"])     # the Python-host target: phoenix(_embeddings) are served records
     assert {p.name for p in demo_repo.iterdir() if p.is_dir()} == set(configs)   # Triton loads every folder
     ranker = manifest["served"][RANKER]
     assert ranker["graph"] == "ranker_embeddings" and ranker["engine"] == "onnxruntime"

@@ -10,6 +10,7 @@ Runs in seconds.
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from export import build, repository as repo, tensorrt
 from export.artifacts import Corpus
 from export.build import graph_specs
 from export.models import ModelSource, load_models
-from phoenix_runtime.manifest import (ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, FORMAT, POSTPROCESS, RANKER,
-                                      RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact, model_path)
+from phoenix_runtime.manifest import (ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, FORMAT, PIPELINE, POSTPROCESS,
+                                      RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact, model_path,
+                                      sha256_file)
 from phoenix_runtime.request import DEFAULT_MAX_BATCH_SIZE, Limits, resolve_shape
 
 RELEASES = ("january", "may")
@@ -64,8 +66,7 @@ def served_records(built, opts: repo.RepositoryOptions, engine: str = "onnxrunti
 
 def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:
     models, _ = built
-    limits = Limits(opts.max_batch_size, opts.max_candidates, models.ranker.config.history_seq_len,
-                      opts.max_request_bytes, opts.candidate_sizes)
+    limits = opts.limits.with_history(models.ranker.config.history_seq_len)
     return {"format": FORMAT, "release": models.release, "preset": "demo", "precision": "fp32",
             "target": opts.target, "limits": limits.to_dict(), "model_config": models.ranker.config.to_dict(),
             "hashing": {e: h.to_dict() for e, h in models.ranker_hashing.items()},
@@ -74,13 +75,21 @@ def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:
 
 
 PLANS = {m: {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"} for m in ENGINE_MODELS}
+PLACED = {m: {"plans": plans} for m, plans in PLANS.items()}
+LIMIT_NAMES = ("max_batch_size", "max_candidates", "max_request_bytes", "candidate_sizes")
 
 
-def make_configs(built, target: str, **options) -> dict[str, mc.ModelConfig]:
-    opts = repo.RepositoryOptions(target=target, **options)
+def options(target: str, **kw) -> repo.RepositoryOptions:
+    """RepositoryOptions of `target`; the limits' fields may be given by name among the other options."""
+    limits = Limits(**{k: kw.pop(k) for k in LIMIT_NAMES if k in kw})
+    return repo.RepositoryOptions(target=target, limits=limits, **kw)
+
+
+def make_configs(built, target: str, **kw) -> dict[str, mc.ModelConfig]:
+    opts = options(target, **kw)
     served = served_records(built, opts)
     cfgs = repo.configs(served, opts, built[0].ranker.config.candidate_seq_len,
-                        PLANS if target == "gpu-tensorrt" else None)
+                        PLACED if target == "gpu-tensorrt" else None)
     repo.client_parameter(cfgs[POSTPROCESS], manifest_of(built, served, opts))
     return {name: roundtrip(cfg) for name, cfg in cfgs.items()}
 
@@ -139,19 +148,30 @@ def dims_of(spec: dict) -> list[int]:
 
 @pytest.mark.parametrize("target", repo.TARGETS)
 def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
+    """Every target's configs parse; `phoenix` / `phoenix_embeddings` are the engine and the scoring in one
+    Python process on the Python-host targets (inputs: the engine's and home-mixer's facts; outputs: the
+    postprocess's), consistent ensembles of the native engine and the postprocess on the others."""
     configs = make_configs(built, target)
-    served = served_records(built, repo.RepositoryOptions(target=target))
+    served = served_records(built, options(target))
     assert set(configs) == {*served, ENSEMBLE, ENSEMBLE_EMBEDDINGS}
     for name, cfg in configs.items():
         assert cfg.name == name and cfg.max_batch_size == DEFAULT_MAX_BATCH_SIZE
         assert cfg.platform == "ensemble" or cfg.version_policy.latest.num_versions == 1
-    check_ensemble(configs, ENSEMBLE)
-    check_ensemble(configs, ENSEMBLE_EMBEDDINGS)
-    assert [s.model_name for s in configs[ENSEMBLE].ensemble_scheduling.step] == [RANKER, POSTPROCESS]
-    assert [s.model_name for s in configs[ENSEMBLE_EMBEDDINGS].ensemble_scheduling.step] == \
-        [RANKER_EMBEDDINGS, POSTPROCESS]
-
     host = target in repo.HOST_TARGETS
+    for name, engine in ((ENSEMBLE, RANKER), (ENSEMBLE_EMBEDDINGS, RANKER_EMBEDDINGS)):
+        if host:
+            cfg = configs[name]
+            assert cfg.backend == "python" and served[name]["engine_model"] == engine
+            assert [i.name for i in cfg.input] == [i.name for i in configs[engine].input] + \
+                [s["name"] for s in served[POSTPROCESS]["request_inputs"]]
+            assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == \
+                [(o.name, o.data_type, list(o.dims)) for o in configs[POSTPROCESS].output]
+            (warmup,) = cfg.model_warmup
+            assert set(warmup.inputs) == {i.name for i in cfg.input if not i.optional}
+        else:
+            check_ensemble(configs, name)
+            assert [s.model_name for s in configs[name].ensemble_scheduling.step] == [engine, POSTPROCESS]
+
     kind = mc.ModelInstanceGroup.KIND_CPU if target == "cpu" else mc.ModelInstanceGroup.KIND_GPU
     for name in ENGINE_MODELS:
         cfg, rec = configs[name], served[name]
@@ -169,7 +189,7 @@ def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
         (warmup,) = cfg.model_warmup
         assert set(warmup.inputs) == {i.name for i in cfg.input if not i.optional}
         assert all(d > 0 for w in warmup.inputs.values() for d in w.dims), f"{name}: warm-up dims must be concrete"
-    for name in (POSTPROCESS, RETRIEVAL):
+    for name in (POSTPROCESS, RETRIEVAL, PIPELINE):
         cfg = configs[name]
         assert cfg.backend == "python"
         assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU], "numpy models stay on CPU"
@@ -260,7 +280,7 @@ def test_options_reach_the_configs(built):
     client = __import__("json").loads(configs[POSTPROCESS].parameters["client_config"].string_value)
     assert client["limits"]["max_batch_size"] == 8 and client["limits"]["candidate_sizes"] == [4, 32]
     assert client["limits"]["max_candidates"] == 32
-    served = served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime", **opts))
+    served = served_records(built, options("gpu-onnxruntime", **opts))
     assert served[RETRIEVAL]["top_k"] == 7
     assert served[POSTPROCESS]["params"]["weights"]["report"] == -300.0
     cpu = make_configs(built, "cpu", instances=2)
@@ -271,13 +291,12 @@ def test_options_reach_the_configs(built):
 def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
     """--ort-tensorrt: parameter names Triton 25.10's ONNX Runtime backend accepts, one profile that covers
     the limits (the same ranges as our own TensorRT plans), an engine cache per ONNX file."""
-    opts = repo.RepositoryOptions(target="gpu-onnxruntime", max_batch_size=16, max_candidates=256,
-                                  candidate_sizes=(32, 256), ort_tensorrt=True)
+    opts = options("gpu-onnxruntime", max_batch_size=16, max_candidates=256, candidate_sizes=(32, 256),
+                   ort_tensorrt=True)
     served = served_records(built, opts)
-    for name in ENGINE_MODELS:
-        served[name]["onnx_sha256"] = f"{name:0<64}"[:64]
-    configs = repo.configs(served, opts, 8)
-    profile = tensorrt.default_profile(opts)
+    placed = {name: {"onnx_sha256": f"{name:0<64}"[:64]} for name in ENGINE_MODELS}
+    configs = repo.configs(served, opts, 8, placed)
+    profile = tensorrt.default_profile(opts.limits)
     assert profile == {"B": (1, 8, 16), "C": (1, 32, 256)}
     for name in ENGINE_MODELS:
         (acc,) = configs[name].optimization.execution_accelerators.gpu_execution_accelerator
@@ -287,7 +306,8 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
         assert params["precision_mode"] in ("FP32", "FP16", "INT8")
         assert params["trt_engine_cache_enable"] in ("1", "true")
         cache = params["trt_engine_cache_path"]
-        assert cache == repo.ort_trt_cache_path(served[name]) and served[name]["onnx_sha256"][:16] in cache
+        sha = placed[name]["onnx_sha256"]
+        assert cache == repo.ort_trt_cache_path(sha) and sha[:16] in cache
         assert Path(cache).parent == Path("/tmp"), "ONNX Runtime creates only the last folder of the cache path"
         inputs = served[name]["inputs"]
         for i, corner in enumerate(("min", "opt", "max")):
@@ -297,16 +317,16 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
             for s in inputs:
                 want = resolve_shape(s["shape"], {"B": profile["B"][i], "C": profile["C"][i]})
                 assert tuple(int(d) for d in shapes[s["name"]].split("x")) == want, f"{name}.{s['name']} {corner}"
-    caches = {repo.ort_trt_cache_path(served[n]) for n in ENGINE_MODELS}
+    caches = {repo.ort_trt_cache_path(placed[n]["onnx_sha256"]) for n in ENGINE_MODELS}
     assert len(caches) == len(ENGINE_MODELS), "one cache folder per ONNX file"
-    without = repo.configs(served_records(built, repo.RepositoryOptions(target="gpu-onnxruntime")),
-                           repo.RepositoryOptions(target="gpu-onnxruntime"), 8)
+    without = repo.configs(served_records(built, options("gpu-onnxruntime")), options("gpu-onnxruntime"), 8)
     assert not without[RANKER].optimization.HasField("execution_accelerators"), "opt-in only"
 
 
-def test_place_platform_engines_records_the_onnx_sha256(built, tmp_path):
-    """gpu-onnxruntime: each model.onnx is copied in place and its sha256 keys the ORT TensorRT cache."""
-    opts = repo.RepositoryOptions(target="gpu-onnxruntime")
+def test_place_platform_engines_returns_the_onnx_sha256(built, tmp_path):
+    """gpu-onnxruntime: each model.onnx is copied in place; its sha256 (the ORT TensorRT cache's key) is returned
+    for the configs, not written into the served records."""
+    opts = options("gpu-onnxruntime")
     served = served_records(built, opts)
     artifacts = []
     for name, rec in served.items():
@@ -316,16 +336,18 @@ def test_place_platform_engines_records_the_onnx_sha256(built, tmp_path):
             src.write_bytes(rec["graph"].encode())
             artifacts.append(Artifact(f"{rec['graph']}_onnx", rec["graph"], "onnx", str(src.relative_to(tmp_path)))
                              .with_file_info(tmp_path))
-    assert repo.place_platform_engines(tmp_path, served, artifacts, opts.target) == {}
+    before = json.dumps(served, sort_keys=True)
+    placed = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
+    assert json.dumps(served, sort_keys=True) == before
     for name in ENGINE_MODELS:
         assert (tmp_path / model_path(name, "model.onnx")).read_bytes() == served[name]["graph"].encode()
-        assert served[name]["onnx_sha256"] == sha256_file(tmp_path / model_path(name, "model.onnx"))
+        assert placed[name] == {"onnx_sha256": sha256_file(tmp_path / model_path(name, "model.onnx"))}
 
 
 def test_one_plan_per_compute_capability(built, tmp_path):
     """gpu-tensorrt: every plan is placed as model.sm<cc>.plan and mapped by cc_model_filenames; model.plan is
     the default for any other GPU."""
-    opts = repo.RepositoryOptions(target="gpu-tensorrt")
+    opts = options("gpu-tensorrt")
     served = served_records(built, opts)
     artifacts = []
     for name, rec in served.items():
@@ -338,13 +360,13 @@ def test_one_plan_per_compute_capability(built, tmp_path):
             artifacts.append(Artifact(f"{rec['graph']}_tensorrt_{cc}", rec["graph"], "tensorrt",
                                       str(path.relative_to(tmp_path)), device="cuda",
                                       info={"compute_capability": cc}))
-    plans = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
-    assert plans == PLANS
+    placed = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
+    assert placed == PLACED
     for name in ENGINE_MODELS:
         for cc, filename in PLANS[name].items():
             assert (tmp_path / model_path(name, filename)).read_bytes() == f"{served[name]['graph']} {cc}".encode()
         assert (tmp_path / model_path(name, "model.plan")).is_file()
-    cfg = roundtrip(repo.configs(served, opts, 8, plans)[RANKER])
+    cfg = roundtrip(repo.configs(served, opts, 8, placed)[RANKER])
     assert dict(cfg.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
     assert cfg.default_model_filename == "model.plan"
     with pytest.raises(ValueError, match="tensorrt artifact"):
@@ -352,8 +374,8 @@ def test_one_plan_per_compute_capability(built, tmp_path):
 
 
 def test_written_configs_parse_from_disk(built, tmp_path):
-    opts = repo.RepositoryOptions(target="gpu-tensorrt")
-    cfgs = repo.configs(served_records(built, opts), opts, 8, PLANS)
+    opts = options("gpu-tensorrt")
+    cfgs = repo.configs(served_records(built, opts), opts, 8, PLACED)
     arts = repo.write_configs(tmp_path, cfgs)
     assert {a.model for a in arts} == set(cfgs)
     for name in cfgs:

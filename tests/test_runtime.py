@@ -9,7 +9,7 @@ from conftest import MAY_ARTIFACTS
 from phoenix_runtime.hashing import EntityHash, hash_ids
 from phoenix_runtime.manifest import FORMAT, ManifestError, find_artifact, read_manifest
 from phoenix_runtime.request import Limits, RequestError, check_request, out_of_range, value_problem
-from phoenix_runtime.topk import MASKED_SCORE, exact_top_k
+from phoenix_runtime.topk import MASKED_SCORE, Int8Scan, PrunedSearch, exact_top_k
 
 
 def reference_hash(raw_id: int, scale: int, bias: int, modulus: int, vocab: int) -> int:
@@ -164,7 +164,7 @@ def test_exact_top_k_is_the_brute_force_order_with_ties_to_the_lower_row():
     corpus[100:110] = corpus[7]                       # eleven equal rows: ties
     users = np.stack([corpus[7], rng.standard_normal(16).astype(np.float32)])
     idx, scores = exact_top_k(users, corpus, 20)
-    brute = users @ corpus.T
+    brute = (users.astype(np.float64) @ corpus.astype(np.float64).T).astype(np.float32)   # the definition
     for b in range(2):
         want = sorted(range(500), key=lambda i: (-brute[b, i], i))[:20]
         assert idx[b].tolist() == want
@@ -187,3 +187,43 @@ def test_exact_top_k_masks_rows_per_user_and_keeps_the_lowest_masked_rows_last()
         exact_top_k(users, corpus, 51)
     with pytest.raises(ValueError, match="corpus_mask"):
         exact_top_k(users, corpus, 5, mask.astype(np.int8))
+
+
+def corpora():
+    """Unit-norm corpora as served: unstructured, and clustered by author (the May candidate tower averages a
+    post's and its author's vectors), with exact duplicates (ties)."""
+    rng = np.random.default_rng(7)
+    plain = rng.standard_normal((6000, 64)).astype(np.float32)
+    authors = rng.standard_normal((300, 128)).astype(np.float32)
+    clustered = (authors[rng.integers(0, 300, 20000)] + 0.3 * rng.standard_normal((20000, 128))).astype(np.float32)
+    for x in (plain, clustered):
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        x[100:120] = x[5]
+    return plain, clustered
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_the_pruned_search_returns_exactly_the_exact_top_k(which, tmp_path):
+    """PrunedSearch (the served exact search) over the int8 scan the build writes, and over the float32 scan,
+    gives exact_top_k's rows and scores, bit for bit: any K, ties, users that are corpus rows, a user of norm 3,
+    masks shared and per user, a mask leaving fewer than K rows; and it scores only a small part of the corpus."""
+    from export.corpus import write_corpus_scan
+
+    corpus = corpora()[which]
+    n, d = corpus.shape
+    art = write_corpus_scan(corpus, tmp_path / "scan.onnx", tmp_path)
+    searches = [PrunedSearch(corpus, Int8Scan.open(tmp_path / "scan.onnx", art.info)), PrunedSearch(corpus)]
+    rng = np.random.default_rng(8)
+    users = np.concatenate([corpus[[5, 7]], rng.standard_normal((5, d)).astype(np.float32)])
+    users[2:] /= np.linalg.norm(users[2:], axis=1, keepdims=True)
+    users[3] *= 3.0
+    masks = [None, rng.random(n) < 0.3, np.stack([rng.random(n) < 0.5] * 6 + [rng.random(n) < 0.002])]
+    for k in (1, 10, 200):
+        for mask in masks:
+            want = exact_top_k(users, corpus, k, mask)
+            for search in searches:
+                got = search(users, k, mask)
+                np.testing.assert_array_equal(got[0], want[0], err_msg=f"{type(search.scan).__name__} k={k}")
+                np.testing.assert_array_equal(got[1], want[1])
+    searches[0](users[2:3], 200)
+    assert searches[0].last_candidates < n / 4, "the bound rules out most rows"

@@ -208,7 +208,7 @@ def test_client_rejects_bad_inputs_naming_them(client):
     good = demo_request(client.actions, 1)
     cases = [
         (dict(candidates=[]), "candidates: empty"),
-        (dict(candidates=good["candidates"] * 200), "at most 1024"),
+        (dict(candidates=good["candidates"] * 200), "the limit max_candidates is 1024"),
         (dict(candidates=[(5, 6, 16)]), r"candidate_product_surface' holds 16, outside \[0, 16\)"),
         (dict(candidates=[(1.5, 6, 0)]), r"candidates\[0\]\.post_id: 1.5 is not an id"),
         (dict(candidates=[(0, 6, 0)]), r"candidates\[0\]\.post_id: 0 is the padding id"),
@@ -269,7 +269,7 @@ def test_good_requests_batched_with_bad_ones_are_unaffected(server, models, mani
         inputs = [c.make_inputs(goods[i] if kind == "good" else bads[i][0]) for kind, i in jobs]  # before the burst
         batched = False
         for _ in range(5):
-            stats0 = c.triton.get_inference_statistics("phoenix_ranker", as_json=True)["model_stats"][0]
+            stats0 = c.triton.get_inference_statistics("phoenix", as_json=True)["model_stats"][0]
             answers, done = {}, threading.Semaphore(0)
 
             def callback(n, result, error):
@@ -280,7 +280,7 @@ def test_good_requests_batched_with_bad_ones_are_unaffected(server, models, mani
                 c.triton.async_infer("phoenix", feed, partial(callback, n))
             for _ in jobs:
                 assert done.acquire(timeout=60), "a response never came back"
-            stats1 = c.triton.get_inference_statistics("phoenix_ranker", as_json=True)["model_stats"][0]
+            stats1 = c.triton.get_inference_statistics("phoenix", as_json=True)["model_stats"][0]
             for n, (kind, i) in enumerate(jobs):
                 result, error = answers[n]
                 if kind == "good":
