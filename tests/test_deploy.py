@@ -616,6 +616,12 @@ def test_pod_and_container_security_context():
     assert csc["capabilities"] == {"drop": ["ALL"]}
     assert "runAsUser" not in csc or csc["runAsUser"] == 1000
     assert pod["automountServiceAccountToken"] is False, "the server never calls the Kubernetes API"
+    # The rest of the `restricted` Pod Security Standard: volume kinds, no host namespaces.
+    restricted = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+                  "secret"}
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= restricted, f"volume {volume['name']} is not allowed by `restricted`"
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
 
 
 def test_every_writable_path_is_an_emptydir():
