@@ -54,7 +54,8 @@ ADMIN_SECRET, ADMIN_SECRET_KEY = "phoenix-admin-key", "admin-key"   # PHOENIX_AD
 ADMIN_KEY_FILE = "admin-key.env"                   # the operator's file for kustomize's secretGenerator
 TRITON_EXIT_TIMEOUT_DEFAULT = 30                   # tritonserver --exit-timeout-secs when not given
 AUTOSCALER_SERIES = "nv_inference_queue_duration_us"   # the Triton counter behind hpa.yaml's metric
-# Validated against the oldest Kubernetes we claim (deploy/README) and the newest schemas bundled.
+# Validated against the oldest Kubernetes the manifests target (README, "Kubernetes defaults") and the newest
+# schemas kubernetes-validate bundles.
 K8S_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 LOCK = ROOT / "requirements" / "setup.lock"
 LOCKED_EXTRAS = ("cpu", "test")                    # what scripts/setup.sh installs besides the base dependencies
