@@ -225,7 +225,13 @@ def _profile(inputs: list[dict], b: int, c: int) -> str:
 
 
 def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> mc.ModelConfig:
-    """engine -> postprocess; ensemble inputs: the engine's inputs plus the postprocess inputs no step makes."""
+    """engine -> postprocess; ensemble inputs: the engine's inputs plus the postprocess inputs no step makes.
+
+    Every ensemble input is declared optional: Triton (2.51) checks only the NUMBER of inputs of a model that
+    has optional ones, so a request missing a required input but carrying an optional one passed the
+    ensemble's check and then deadlocked it ("unexpected deadlock, at least one output is not set"). Each step
+    model checks its own inputs and names a missing one (Triton's "missing required input(s) [...]", or the
+    Python host's check_request)."""
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=engine.max_batch_size)
     inputs = {i.name: i for i in engine.input}
     produced = {o.name for o in engine.output}
@@ -233,7 +239,7 @@ def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> 
         if i.name not in produced:
             inputs.setdefault(i.name, i)
     for i in inputs.values():
-        cfg.input.add(name=i.name, data_type=i.data_type, dims=i.dims, optional=i.optional)
+        cfg.input.add(name=i.name, data_type=i.data_type, dims=i.dims, optional=True)
     cfg.output.extend(mc.ModelOutput(name=o.name, data_type=o.data_type, dims=o.dims) for o in post.output)
     s1 = cfg.ensemble_scheduling.step.add(model_name=engine.name, model_version=-1)
     for i in engine.input:
