@@ -394,37 +394,19 @@ def test_client_cli_prints_ranked_table_and_separates_input_from_transport_error
         return subprocess.run([sys.executable, "-m", "serving.client", *args], capture_output=True, text=True,
                               timeout=120)
 
-    out = cli("score", "--url", server.grpc_url, "--candidate", "11:1:0", "--candidate", "12:1:3",
+    out = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "11:1:0", "--candidate", "12:1:3",
               "--candidate", "13:2:1:video_duration_ms=15000:in_network=false", "--history", "5:1:favorite, reply:2")
     assert out.returncode == 0, out.stderr
     assert "rank" in out.stdout and "favorite" in out.stdout and "retweet" in out.stdout
     assert len(re.findall(r"│\s+\d+\s+│\s+1[123]\s+│", out.stdout)) == 3, out.stdout
-    bad = cli("score", "--url", server.grpc_url, "--candidate", "x:1:0")
+    bad = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "x:1:0")
     assert bad.returncode == 2 and "input error: --candidate 'x:1:0' post id: 'x' is not an integer" in bad.stderr
-    bad = cli("score", "--url", server.grpc_url, "--candidate", "11:1:99")
+    bad = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "11:1:99")
     assert bad.returncode == 2 and "holds 99, outside [0, 16)" in bad.stderr
     down = cli("score", "--url", "127.0.0.1:1")
     assert down.returncode == 3 and "cannot reach the server" in down.stderr
-    js = cli("score", "--url", server.grpc_url, "--json", "--candidate", "11:1:0")
+    js = cli("score", "--url", server.grpc_url, "--json", "--user-id", "42", "--candidate", "11:1:0")
     assert js.returncode == 0 and '"final_score"' in js.stdout
-
-
-def test_the_readmes_bring_your_own_embeddings_example_gives_the_hashes_paths_scores(server, demo_repo, tmp_path,
-                                                                                     monkeypatch):
-    """The README's example, run as written, with a store file made from the repository's own tables."""
-    from pathlib import Path
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Bring your own embeddings"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    tables = contract.read_manifest(demo_repo)["tables"]["ranker"]
-    np.savez(tmp_path / "my_tables.npz", **{f"{e}_embeddings": np.load(demo_repo / t["path"]) for e, t in tables.items()})
-    monkeypatch.chdir(tmp_path)
-    scope = {}
-    exec(code.replace("127.0.0.1:8001", server.grpc_url), scope)
-    with PhoenixClient(server.grpc_url) as client:
-        expected = client.score(user_id=42, history=[(5, 1, ["favorite"], 2)], candidates=[(11, 1, 0), (12, 2, 3)])
-    np.testing.assert_allclose(scope["result"].final_score, expected.final_score, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(scope["result"].scores["favorite_score"], expected.scores["favorite_score"], atol=1e-5)
 
 
 def test_hand_computed_scoring_cases_through_the_real_server(client, manifest):
