@@ -5,9 +5,9 @@
     python -m serving.client pipeline --sequence example_sequence.json --top-k 200 --output-npz out.npz
     python -m serving.client embeddings --npz feed.npz
 
-Input is strict: every KEY=VALUE key, action name, sequence-file key and .npz array name must be one the
-served model reads (its input specs, read from the server); a typo is refused, naming the key, where it
-was, its closest allowed key and all of them. Action names may be either release's name of the same
+Input is strict: every KEY=VALUE key, action name and .npz array name must be one the served model reads
+(its input specs and metadata, read from the server), and a sequence file holds only the release's keys;
+a typo is refused, naming the key, where it was, its closest allowed key and all of them. Action names may be either release's name of the same
 action (`favorite` / `server_tweet_fav`). Without any user input, `score` and `retrieve` use a demo user
 and say so; with some input, --user-id is required (and `score` needs at least one --candidate), so a
 demo user is never mixed into a real request.

@@ -349,6 +349,19 @@ def test_quickstart(ws):
         "the quickstart builds what the README's `export.build --preset demo` builds"
 
 
+def test_the_quickstart_takes_its_ports(ws, capsys):
+    import socket
+
+    from serving import quickstart
+    ws.build(DEFAULT_REPO)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert quickstart.main(["--model-repository", str(ws.root / DEFAULT_REPO), "--grpc-port", str(port)]) == 1
+    assert f"gRPC port {port} on 127.0.0.1 is already in use" in capsys.readouterr().out.replace("\n", "")
+
+
 def test_serve_the_may_release(servers):
     results = servers.run_section("Serve the May release")
     assert [argv[2] for _, argv, _ in results] == ["export.build", "serving.server", "serving.client"]

@@ -246,7 +246,7 @@ class PhoenixClient:
                 for i, x in (value.items() if isinstance(value, dict) else enumerate(value)):
                     v[int(i)] = float(x)
             except (TypeError, ValueError, IndexError):
-                raise PhoenixInputError(f"{what}.{key}: expected {trailing[-1]} numbers (a list, or {{column: value}} "
+                raise PhoenixInputError(f"{what}.{key}: expected at most {trailing[-1]} numbers (a list, or {{column: value}} "
                                         f"with columns 0..{trailing[-1] - 1}), got {value!r:.80}") from None
             return v
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
