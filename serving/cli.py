@@ -7,10 +7,10 @@
 
 Input is strict: every KEY=VALUE key, action name and .npz array name must be one the served model reads
 (its input specs and metadata, read from the server), and a sequence file holds only the release's keys;
-a typo is refused, naming the key, where it was, its closest allowed key and all of them. Action names may be either release's name of the same
-action (`favorite` / `server_tweet_fav`). Without any user input, `score` and `retrieve` use a demo user
-and say so; with some input, --user-id is required (and `score` needs at least one --candidate), so a
-demo user is never mixed into a real request.
+a typo is refused, naming the key, where it was, its closest allowed key and all of them. Action names
+may be either release's name of the same action (`favorite` / `server_tweet_fav`). Without any user
+input, `score` and `retrieve` use a demo user and say so; with some input, --user-id is required (and
+`score` needs at least one --candidate), so a demo user is never mixed into a real request.
 
 Input mistakes (a malformed --candidate, an unknown key or action, a missing input, too many candidates)
 exit 2 with a message saying what to fix; a server that cannot be reached exits 3; an error the server

@@ -65,7 +65,7 @@ def test_pipeline_cli_json_and_a_clean_exit_2_for_bad_paths(server, tmp_path, ca
                      "--output-npz", str(tmp_path / "p.npz")]) == 0
     out = capsys.readouterr()
     assert len(json.loads(out.out)["ranked"]) == 50                      # stdout stays JSON ...
-    assert out.err.startswith(f"wrote {tmp_path / 'p.npz'}: retrieved_post_ids [50] uint64, ")   # ... the note on stderr
+    assert out.err.startswith(f"wrote {tmp_path / 'p.npz'}: retrieved_post_ids [50] uint64, ")   # ... the note: stderr
     assert set(np.load(tmp_path / "p.npz").files) == {"retrieved_post_ids", "retrieved_author_ids", "retrieval_scores",
                                                       "probs", "weighted", "ranked"}
     for argv, message in ((["--sequence", str(tmp_path / "none.json")], "none.json: cannot read a JSON sequence file"),
@@ -77,7 +77,8 @@ def test_pipeline_cli_json_and_a_clean_exit_2_for_bad_paths(server, tmp_path, ca
 
 def test_january_action_names_are_the_same_actions_on_the_may_model(client):
     request = dict(user_id=42, candidates=[(11, 1, 0), (12, 2, 3)])
-    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet", "client_tweet_report"], 0)])
+    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet",
+                                                   "client_tweet_report"], 0)])
     january = client.score(**request, history=[(5, 1, ["favorite", "repost", "report"], 0)])
     np.testing.assert_array_equal(january.final_score, may.final_score)
     with pytest.raises(PhoenixInputError, match=r"unknown action 'share'; it is the action of share_score, for which "
@@ -94,7 +95,8 @@ def test_january_action_names_are_the_same_actions_on_the_may_model(client):
     (lambda s: s["history"][0]["actions"].update({"1": 0.5}), "action 1 has value 0.5"),
     # typos are refused, never read as "no actions" / "no history"
     (lambda s: s["history"][0].update(action=s["history"][0].pop("actions")),
-     r"history\[0\]: unknown key 'action'; did you mean 'actions'\? \(keys allowed: 'post_id', 'author_id', 'actions'\)"),
+     r"history\[0\]: unknown key 'action'; did you mean 'actions'\? "
+     r"\(keys allowed: 'post_id', 'author_id', 'actions'\)"),
     (lambda s: s.update(histroy=s.pop("history")), r"unknown key 'histroy'; did you mean 'history'\?"),
     (lambda s: s.update(userid=s.pop("user_id")), r"unknown key 'userid'; did you mean 'user_id'\?"),
 ])

@@ -367,7 +367,8 @@ def test_serve_the_may_release(servers):
     assert [argv[2] for _, argv, _ in results] == ["export.build", "serving.server", "serving.client"]
     out = ok(results[-1][2])
     assert "PIPELINE RESULTS" in out
-    want = [ln for ln in (MAY_ARTIFACTS / "expected_pipeline_fp32.txt").read_text().splitlines() if ln[:2].strip().isdigit()]
+    want = [ln for ln in (MAY_ARTIFACTS / "expected_pipeline_fp32.txt").read_text().splitlines()
+            if ln[:2].strip().isdigit()]
     mine = [ln for ln in out.splitlines() if ln[:2].strip().isdigit()]
     assert len(mine) == 30 and [m.split()[:8] for m in mine[:3]] == [w.split()[:8] for w in want[:3]]
     got, expected = np.load(servers.root / "pipeline.npz"), np.load(MAY_ARTIFACTS / "expected_pipeline_fp32.npz")

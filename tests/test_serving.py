@@ -244,7 +244,8 @@ def test_client_rejects_bad_inputs_naming_them(client):
 def test_either_releases_action_names_are_the_same_actions(client):
     request = dict(user_id=42, candidates=[(11, 1, 0), (12, 2, 3)])
     january = client.score(**request, history=[(5, 1, ["favorite", "repost", "share"], 2)])
-    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet", "client_tweet_share"], 2)])
+    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet",
+                                                   "client_tweet_share"], 2)])
     by_score_name = client.score(**request, history=[(5, 1, ["favorite_score", "retweet", 7], 2)])
     other = client.score(**request, history=[(5, 1, ["favorite"], 2)])
     np.testing.assert_array_equal(may.final_score, january.final_score)
@@ -267,7 +268,7 @@ def test_requests_are_checked_against_the_served_models_metadata(client, manifes
         client.infer({k: v for k, v in arrays.items() if k != "user_hashes"})
     with pytest.raises(PhoenixInputError, match=r"input 'user_hashes' has dtype int32; the served model takes INT64"):
         client.infer({**arrays, "user_hashes": arrays["user_hashes"].astype(np.int32)})
-    with pytest.raises(PhoenixInputError, match=r"unknown model 'phoenix_embedings'; did you mean 'phoenix_embeddings'"):
+    with pytest.raises(PhoenixInputError, match=r"unknown model 'phoenix_embedings'; did you mean 'phoenix_embeddings"):
         client.infer(arrays, model="phoenix_embedings")
 
 

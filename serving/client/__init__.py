@@ -246,8 +246,9 @@ class PhoenixClient:
                 for i, x in (value.items() if isinstance(value, dict) else enumerate(value)):
                     v[int(i)] = float(x)
             except (TypeError, ValueError, IndexError):
-                raise PhoenixInputError(f"{what}.{key}: expected at most {trailing[-1]} numbers (a list, or {{column: value}} "
-                                        f"with columns 0..{trailing[-1] - 1}), got {value!r:.80}") from None
+                raise PhoenixInputError(f"{what}.{key}: expected at most {trailing[-1]} numbers (a list, or "
+                                        f"{{column: value}} with columns 0..{trailing[-1] - 1}), got {value!r:.80}"
+                                        ) from None
             return v
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
             raise PhoenixInputError(f"{what}.{key}: expected an integer, got {value!r}")
