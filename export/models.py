@@ -6,6 +6,7 @@ folder, its precomputed corpus.
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 
 from export.artifacts import Corpus, check_tables, read_corpus, read_release
+from export.keys import check_keys, unknown_key
 from phoenix_runtime.hashing import EntityHash, seeded_hash_params
 from phoenix_torch import (HashEmbeddingTables, PhoenixModel, PhoenixRetrievalModel, get_preset, init_seeded,
                            load_upstream_params, read_tables)
-from phoenix_torch.features import entities, from_dicts
+from phoenix_torch.features import KINDS, Feature, entities
 from phoenix_torch.parity import PRECISIONS
 
 
@@ -122,6 +124,25 @@ def _check_width(tables: dict[str, np.ndarray], cfg, path) -> None:
         raise ValueError(f"--tables {path}: tables have D = {widths}, the model has D = {cfg.emb_size}")
 
 
-def features_from_json(items) -> tuple:
-    """Features added by configuration, from a JSON list of feature dicts (features.Feature.to_dict)."""
-    return from_dicts(items)
+def features_from_json(items, where: str = "--extra-features") -> tuple:
+    """Features added by configuration, from a JSON list of feature dicts (features.Feature.to_dict). Strict:
+    an unknown kind or key (a typo such as `num_hash` or `sides`) raises ValueError naming the item, the key,
+    its closest allowed key and the keys its kind takes, instead of being dropped or half-read."""
+    if not isinstance(items, list):
+        raise ValueError(f"{where}: expected a JSON list of feature declarations, got a {type(items).__name__}")
+    out = []
+    for i, item in enumerate(items):
+        at = f"{where} item [{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{at}: expected a feature declaration (a JSON object), got {item!r:.80}")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise ValueError(unknown_key(kind, KINDS, at, what="kind") if kind is not None else
+                             f"{at}: no 'kind'; kinds are {sorted(KINDS)}")
+        keys = ["kind", *(f.name for f in dataclasses.fields(KINDS[kind]))]
+        check_keys(item, keys, f"{at} ({kind} feature {item.get('name')!r})")
+        try:
+            out.append(Feature.from_dict(item))
+        except (TypeError, ValueError) as e:     # a missing key (TypeError from the dataclass) or a bad value
+            raise ValueError(f"{at}: {e}") from None
+    return tuple(out)

@@ -104,10 +104,10 @@ def engine_record(graph, inputs: list[dict], lookups: dict, tables: str | None, 
 
 
 def postprocess_record(ranker_config, params: dict, ranker_inputs: list[dict]) -> dict:
-    """`params`: the complete scoring parameters (contract.scoring_params), recorded as used."""
+    """`params`: the complete scoring parameters (phoenix_runtime.scoring.scoring_params), recorded as used."""
     """Inputs: the ranker's outputs, the candidates' validity and author hashes, and home-mixer's optional
     per-candidate facts; outputs: the PhoenixScores fields, the columns no field reads, the weighted and
-    final scores, the ranking and every probability (contract.score_sources says which column feeds what)."""
+    final scores, the ranking and every probability (phoenix_runtime.scoring.score_sources says which column feeds what)."""
     cont = ranker_config.num_continuous_actions
     by_name = {s["name"]: s for s in ranker_inputs}
     inputs = [{"name": "logits", "dtype": "float32", "shape": ["B", "C", ranker_config.num_actions]}]
@@ -257,7 +257,13 @@ def _profile(inputs: list[dict], b: int, c: int) -> str:
 
 
 def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> mc.ModelConfig:
-    """engine -> postprocess; ensemble inputs: the engine's inputs plus the postprocess inputs no step makes."""
+    """engine -> postprocess; ensemble inputs: the engine's inputs plus the postprocess inputs no step makes.
+
+    Every ensemble input is declared optional: Triton (2.51) checks only the NUMBER of inputs of a model that
+    has optional ones, so a request missing a required input but carrying an optional one passed the
+    ensemble's check and then deadlocked it ("unexpected deadlock, at least one output is not set"). Each step
+    model checks its own inputs and names a missing one (Triton's "missing required input(s) [...]", or the
+    Python host's check_request)."""
     cfg = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=engine.max_batch_size)
     inputs = {i.name: i for i in engine.input}
     produced = {o.name for o in engine.output}
@@ -265,7 +271,7 @@ def ensemble_config(name: str, engine: mc.ModelConfig, post: mc.ModelConfig) -> 
         if i.name not in produced:
             inputs.setdefault(i.name, i)
     for i in inputs.values():
-        cfg.input.add(name=i.name, data_type=i.data_type, dims=i.dims, optional=i.optional)
+        cfg.input.add(name=i.name, data_type=i.data_type, dims=i.dims, optional=True)
     cfg.output.extend(mc.ModelOutput(name=o.name, data_type=o.data_type, dims=o.dims) for o in post.output)
     s1 = cfg.ensemble_scheduling.step.add(model_name=engine.name, model_version=-1)
     for i in engine.input:

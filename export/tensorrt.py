@@ -30,7 +30,7 @@ class ProfileError(ValueError):
 # Profiles (pure Python)
 
 def default_profile(limits) -> dict[str, tuple[int, int, int]]:
-    """B=1:min(8, max):<max_batch_size>, C=1:<smallest candidate size>:<max_candidates> (contract.Limits)."""
+    """B=1:min(8, max):<max_batch_size>, C=1:<smallest candidate size>:<max_candidates> (phoenix_runtime.request.Limits)."""
     b = int(limits.max_batch_size)
     c_opt = limits.candidate_sizes[0] if limits.candidate_sizes else min(64, limits.max_candidates)
     return {"B": (1, min(8, b), b), "C": (1, c_opt, int(limits.max_candidates))}

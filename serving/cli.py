@@ -1,24 +1,37 @@
 """`python -m serving.client`: score, retrieve, run the release's pipeline, or score your own embeddings.
 
-    python -m serving.client score --candidate 11:1:0 --candidate 12:2:3 --history 5:1:favorite,reply:2
+    python -m serving.client score                     # the demo user: random ids, not a real user
+    python -m serving.client score --user-id 42 --history 5:1:favorite,reply:2 --candidate 11:1:0 --candidate 12:2:3
     python -m serving.client pipeline --sequence example_sequence.json --top-k 200 --output-npz out.npz
-    python -m serving.client embeddings --npz my_embeddings.npz
+    python -m serving.client embeddings --npz feed.npz
 
-Input mistakes (a malformed --candidate, an unknown action, too many candidates) exit 2 with a message
-saying what to fix; a server that cannot be reached exits 3; an error the server returns exits 4.
+Input is strict: every KEY=VALUE key, action name and .npz array name must be one the served model reads
+(its input specs and metadata, read from the server), and a sequence file holds only the release's keys;
+a typo is refused, naming the key, where it was, its closest allowed key and all of them. Action names
+may be either release's name of the same action (`favorite` / `server_tweet_fav`). Without any user
+input, `score` and `retrieve` use a demo user and say so; with some input, --user-id is required (and
+`score` needs at least one --candidate), so a demo user is never mixed into a real request.
+
+Input mistakes (a malformed --candidate, an unknown key or action, a missing input, too many candidates)
+exit 2 with a message saying what to fix; a server that cannot be reached exits 3; an error the server
+returns exits 4.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 
-from serving.client import (PhoenixClient, PhoenixConnectionError, PhoenixInputError, PhoenixServerError,
-                            ScoreResult)
+from export.keys import check_keys
+from phoenix_runtime.manifest import ENSEMBLE_EMBEDDINGS, RANKER_EMBEDDINGS
+from serving.client import PhoenixClient, PhoenixConnectionError, PhoenixInputError, PhoenixServerError, ScoreResult
 
 EXIT_INPUT, EXIT_CONNECTION, EXIT_SERVER = 2, 3, 4
+DEMO_INPUTS = "--user-id, --history, --user or --candidate"
 
 
 def _int(text: str, what: str) -> int:
@@ -28,16 +41,37 @@ def _int(text: str, what: str) -> int:
         raise PhoenixInputError(f"{what}: {text.strip()!r} is not an integer") from None
 
 
-def _extras(parts: list[str], what: str) -> dict:
-    """KEY=VALUE parts (declared raw keys: product_surface, impr_ts, media_category, video_duration_ms,
-    in_network, ...) -> {key: int or bool}."""
+def _typed(text: str, spec: dict, what: str):
+    """A KEY=VALUE value as the input it fills takes it: a bool, numbers (comma-separated, one per column of a
+    continuous input) or an integer (ids, categories, timestamps)."""
+    v = text.strip()
+    if spec["dtype"] == "bool":
+        if v.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return v.lower() in ("true", "yes", "1")
+        raise PhoenixInputError(f"{what}: {v!r} is not true or false")
+    if spec["dtype"] == "float32":
+        try:
+            return [float(x) for x in v.split(",")]
+        except ValueError:
+            raise PhoenixInputError(f"{what}: {v!r} is not a comma-separated list of numbers") from None
+    return _int(v, what)
+
+
+def _extras(parts: list[str], client: PhoenixClient, side: str, what: str, given: dict) -> dict:
+    """KEY=VALUE parts -> {key: value}: keys of the served model's `side` (client.keys), values typed by the
+    input each fills; a key already given (by position, or twice) is an error, as is an unknown one."""
     out = {}
     for part in parts:
         key, eq, value = part.partition("=")
-        if not eq or not key.strip():
+        key = key.strip()
+        if not eq or not key:
             raise PhoenixInputError(f"{what}: {part!r} should be KEY=VALUE (e.g. impr_ts=1750000000)")
-        v = value.strip().lower()
-        out[key.strip()] = v in ("true", "yes") if v in ("true", "false", "yes", "no") else _int(value, f"{what} {key}")
+        if key in out:
+            raise PhoenixInputError(f"{what}: {key!r} is given twice")
+        if key in given:
+            raise PhoenixInputError(f"{what}: {key!r} is given {given[key]}, not as KEY=VALUE")
+        check_keys([key], client.keys(side), what, PhoenixInputError)
+        out[key] = _typed(value, client.key_spec(side, key), f"{what} {key}")
     return out
 
 
@@ -50,24 +84,30 @@ def _fields(item: str, flag: str, needed: int, form: str, example: str) -> tuple
     return parts, what, {"post_id": _int(parts[0], f"{what} post id"), "author_id": _int(parts[1], f"{what} author id")}
 
 
-def parse_history(items: list[str]) -> list[dict]:
+def parse_history(items: list[str], client: PhoenixClient) -> list[dict]:
     """POST:AUTHOR:ACTIONS:SURFACE[:KEY=VALUE...] (ACTIONS comma-separated names or indices; spaces trimmed)."""
     out = []
     for s in items:
         parts, what, ids = _fields(s, "--history", 4, "POST:AUTHOR:ACTION[,ACTION...]:SURFACE", "5:1:favorite,reply:2")
-        actions = [a.strip() for a in parts[2].split(",") if a.strip()]
-        out.append({**ids, "actions": actions, "product_surface": _int(parts[3], f"{what} surface"),
-                    **_extras(parts[4:], what)})
+        actions = [client.action_column(a.strip(), f"{what} actions") for a in parts[2].split(",") if a.strip()]
+        item = {**ids, "actions": actions, "product_surface": _int(parts[3], f"{what} surface")}
+        out.append({**item, **_extras(parts[4:], client, "history", what, {k: "by position" for k in item})})
     return out
 
 
-def parse_candidates(items: list[str]) -> list[dict]:
+def parse_candidates(items: list[str], client: PhoenixClient) -> list[dict]:
     """POST:AUTHOR:SURFACE[:KEY=VALUE...], e.g. 987:45:0:video_duration_ms=15000:in_network=false."""
     out = []
     for s in items:
         parts, what, ids = _fields(s, "--candidate", 3, "POST:AUTHOR:SURFACE[:KEY=VALUE...]", "987:45:0")
-        out.append({**ids, "product_surface": _int(parts[2], f"{what} surface"), **_extras(parts[3:], what)})
+        item = {**ids, "product_surface": _int(parts[2], f"{what} surface")}
+        out.append({**item, **_extras(parts[3:], client, "candidate", what, {k: "by position" for k in item})})
     return out
+
+
+def parse_user(items: list[str], client: PhoenixClient) -> dict:
+    """--user KEY=VALUE parts: the served model's user features other than user_id (that is --user-id)."""
+    return _extras(items, client, "user", "--user", {"user_id": "with --user-id"})
 
 
 def demo_request(actions, seed: int = 0, num_history: int = 12, num_candidates: int = 8) -> dict:
@@ -82,17 +122,26 @@ def demo_request(actions, seed: int = 0, num_history: int = 12, num_candidates: 
 
 
 def print_table(result: ScoreResult, title: str = "Phoenix ranking", console=None):
-    """Rich table of one user's candidates, best first."""
+    """Rich table of one user's candidates, best first: their ids as given (post and author ids, or, for
+    embeddings, the candidate's index in the request and its author id when the request had one)."""
     from rich.console import Console
     from rich.table import Table
 
+    def ids(cand):
+        if isinstance(cand, dict):
+            return cand
+        if isinstance(cand, (tuple, list)):
+            return dict(zip(("post_id", "author_id", "product_surface"), cand))
+        return {"candidate": cand}
+
     cols = ("favorite_score", "reply_score", "retweet_score", "report_score")
+    rows = list(result.rows(cols))
+    id_cols = [k for k in ("candidate", "post_id", "author_id") if any(ids(r[2]).get(k) is not None for r in rows)]
     table = Table(title=title)
-    for h in ("rank", "post_id", "author_id", "final", "weighted", *(c.removesuffix("_score") for c in cols)):
+    for h in ("rank", *id_cols, "final", "weighted", *(c.removesuffix("_score") for c in cols)):
         table.add_column(h, justify="right", no_wrap=True)
-    for rank, c, cand, final, weighted, named in result.rows(cols):
-        cand = cand if isinstance(cand, dict) else {"post_id": cand, "author_id": ""}
-        table.add_row(str(rank), str(cand.get("post_id")), str(cand.get("author_id")), f"{final:.4g}",
+    for rank, c, cand, final, weighted, named in rows:
+        table.add_row(str(rank), *(str(ids(cand).get(k, "")) for k in id_cols), f"{final:.4g}",
                       f"{weighted:.4g}", *(f"{named[k]:.3f}" if k in named else "-" for k in cols))
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
@@ -127,24 +176,71 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--history", action="append", default=[], metavar="POST:AUTHOR:ACTIONS:SURFACE[:KEY=VALUE]",
                        help="one history item (repeatable), oldest first; ACTIONS comma-separated action names or "
                             "indices, e.g. 123:45:favorite,reply:2")
-        p.add_argument("--seed", type=int, default=0, help="seed of the demo user used when no input is given")
+        p.add_argument("--seed", type=int, default=None,
+                       help=f"seed of the demo user, used only without {DEMO_INPUTS} (default: 0)")
     ps["score"].add_argument("--candidate", action="append", default=[], metavar="POST:AUTHOR:SURFACE[:KEY=VALUE]",
                              help="one candidate (repeatable), e.g. 987:45:0 or 987:45:0:video_duration_ms=15000:"
-                                  "in_network=false (keys: the model's candidate inputs, video_duration_ms, in_network)")
+                                  "in_network=false (keys: the served model's candidate inputs, such as impr_ts, and "
+                                  "the postprocess's video_duration_ms and in_network; a typo is refused)")
     ps["retrieve"].add_argument("--top-k", type=int, default=None, help="posts to return (default: the server's)")
     pp = ps["pipeline"]
     pp.add_argument("--sequence", required=True, metavar="FILE.json",
-                    help="a user's history in the release's format (example_sequence.json)")
+                    help="a user's history in the release's format (example_sequence.json: user_id, history of "
+                         "post_id, author_id, actions by ActionName index)")
     pp.add_argument("--top-k", type=int, default=200, help="posts retrieved and ranked (default: 200)")
     pp.add_argument("--display", type=int, default=30, help="rows of the printed table (default: 30)")
     pp.add_argument("--output-npz", default=None, metavar="FILE.npz",
-                    help="write retrieved_post_ids, retrieval_scores, probs, weighted and ranked (the keys of "
-                         "upstream's expected_pipeline.npz)")
+                    help="write the result with the keys of upstream's expected_pipeline.npz (the retrieved post "
+                         "and author ids, retrieval scores, probs, weighted, ranked); prints the path and the keys")
     ps["embeddings"].add_argument("--npz", required=True, metavar="FILE.npz",
-                                  help="arrays named after phoenix_ranker_embeddings' inputs, [B, ...] each")
-    ps["embeddings"].add_argument("--model", default="phoenix_embeddings",
-                                  help="served model (default: the ensemble with named scores)")
+                                  help="arrays named after the served model's inputs, [B, ...] each (README: 'Bring "
+                                       "your own embeddings'); an unknown or missing array is refused, named")
+    ps["embeddings"].add_argument("--model", default=ENSEMBLE_EMBEDDINGS,
+                                  help=f"served model (default: {ENSEMBLE_EMBEDDINGS}, the ensemble with "
+                                       f"named scores; {RANKER_EMBEDDINGS} gives logits)")
     return ap
+
+
+def _user_request(args, client: PhoenixClient) -> tuple[dict, bool]:
+    """score / retrieve: (the request's keyword arguments, whether it is the demo user). The demo user only
+    when no user input is given at all, never mixed into a real request."""
+    candidates = getattr(args, "candidate", [])
+    if args.user_id is None and not (args.history or args.user or candidates):
+        req = demo_request(client.actions, 0 if args.seed is None else args.seed)
+        print(f"note: no {DEMO_INPUTS}: using the demo user (seed {args.seed or 0}, random ids: user "
+              f"{req['user_id']}, {len(req['history'])} history items, {len(req['candidates'])} candidates)",
+              file=sys.stderr)
+        return {k: v for k, v in req.items() if k != "candidates" or args.command == "score"}, True
+    if args.seed is not None:
+        raise PhoenixInputError(f"--seed picks the demo user, used only without {DEMO_INPUTS}")
+    if args.user_id is None:
+        raise PhoenixInputError("--user-id: required with --history, --user or --candidate (the user they belong "
+                                "to); without any of them the command uses a demo user")
+    if args.command == "score" and not candidates:
+        raise PhoenixInputError(f"--candidate: give at least one POST:AUTHOR:SURFACE, the posts to rank for user "
+                                f"{args.user_id}")
+    req = {"user_id": args.user_id, "history": parse_history(args.history, client),
+           "user": parse_user(args.user, client)}
+    if args.command == "score":
+        req["candidates"] = parse_candidates(candidates, client)
+    return req, False
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, AttributeError, zipfile.BadZipFile) as e:   # a .npy has no .files
+        raise PhoenixInputError(f"--npz {path}: cannot read an .npz file of arrays ({e})") from None
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> str:
+    try:
+        with open(path, "wb") as f:             # the name as given (np.savez would append .npz to another)
+            np.savez(f, **arrays)
+    except OSError as e:
+        raise PhoenixInputError(f"--output-npz {path}: cannot write it ({e})") from None
+    return f"wrote {path}: " + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in arrays.items())
 
 
 def run(args) -> int:
@@ -153,40 +249,42 @@ def run(args) -> int:
         if args.command == "pipeline":
             from serving.pipeline import format_table, read_sequence, run_pipeline
             result = run_pipeline(client, read_sequence(args.sequence, client.actions, client.history_len), args.top_k)
-            if args.output_npz:
-                np.savez(args.output_npz, **result.npz())
             if args.json:
                 print(json.dumps({k: v.tolist() for k, v in result.npz().items()}))
             else:
                 print(format_table(result, client.actions, args.display))
+            if args.output_npz:
+                print(_write_npz(args.output_npz, result.npz()), file=sys.stderr if args.json else sys.stdout)
             return 0
         if args.command == "embeddings":
-            with np.load(args.npz, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
+            arrays = _read_npz(args.npz)
+            try:
+                client.check_inputs(arrays, args.model)
+            except PhoenixInputError as e:
+                raise PhoenixInputError(f"--npz {args.npz}: {e}") from None
+            authors = arrays.get("candidate_author_ids")
             for b, r in enumerate(client.score_embeddings(arrays, model=args.model)):
+                r.candidates = [{"candidate": i, "author_id": None if authors is None else int(authors[b, i])}
+                                for i in range(len(r.final_score))]
                 if args.json:
                     print(json.dumps(_result_json(r)))
                 else:
-                    print_table(r, title=f"Phoenix ranking, user {b} (your embeddings, {url})")
+                    print_table(r, title=f"Phoenix ranking of user {b} in {Path(args.npz).name} (your embeddings)")
             return 0
-        req = demo_request(client.actions, args.seed)
-        if args.user_id is not None:
-            req["user_id"] = args.user_id
-        if args.history:
-            req["history"] = parse_history(args.history)
-        user = _extras(args.user, "--user")
         if args.command == "retrieve":
-            out = client.retrieve(user_id=req["user_id"], history=req["history"], user=user, top_k=args.top_k)
+            with client.retrieval_view():
+                req, _ = _user_request(args, client)
+            out = client.retrieve(**req, top_k=args.top_k)
             print(json.dumps({k: [x.decode() if isinstance(x, bytes) else x for x in v.tolist()]
                               for k, v in out.items() if k != "user_representation"}, indent=1))
             return 0
-        if args.candidate:
-            req["candidates"] = parse_candidates(args.candidate)
-        result = client.score(**req, user=user)
+        req, demo = _user_request(args, client)
+        result = client.score(**req)
         if args.json:
             print(json.dumps(_result_json(result), indent=1))
         else:
-            print_table(result, title=f"Phoenix ranking for user {req['user_id']} ({url}, {args.protocol})")
+            who = f"the demo user {req['user_id']} (random ids)" if demo else f"user {req['user_id']}"
+            print_table(result, title=f"Phoenix ranking for {who}, {len(req['history'])} history items")
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.keys import check_keys
 from serving.client import PhoenixClient, PhoenixInputError
 
 TABLE_COLUMNS = (("Fav", "server_tweet_fav"), ("Reply", "server_tweet_reply"), ("RT", "server_tweet_retweet"),
@@ -49,28 +50,46 @@ class PipelineResult:
                 "ranked": self.ranked}
 
 
+# The release's sequence file (example_sequence.json, what run_pipeline.py reads): every key it may hold.
+SEQUENCE_KEYS = ("user_id", "history")
+HISTORY_ITEM_KEYS = ("post_id", "author_id", "actions")      # actions: {"<ActionName index>": 0 or 1}
+
+
 def read_sequence(path, actions, history_len: int) -> Sequence:
-    """A sequence file in the release's format; every problem is named (file, item, key)."""
+    """A sequence file in the release's format; every problem is named (file, item, key): an unknown key (a
+    typo such as `histroy` or `action`) is refused with its closest allowed key, never ignored."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise PhoenixInputError(f"{path}: cannot read a JSON sequence file ({e})") from None
-    if not isinstance(data, dict) or "user_id" not in data or not isinstance(data.get("history"), list):
-        raise PhoenixInputError(f"{path}: expected {{\"user_id\": ..., \"history\": [...]}}")
+    if not isinstance(data, dict):
+        raise PhoenixInputError(f"{path}: expected a JSON object {{\"user_id\": ..., \"history\": [...]}}, got a "
+                                f"{type(data).__name__}")
+    check_keys(data, SEQUENCE_KEYS, str(path), PhoenixInputError)
+    missing = [k for k in SEQUENCE_KEYS if k not in data]
+    if missing or not isinstance(data["history"], list):
+        raise PhoenixInputError(f"{path}: " + (f"missing {missing}" if missing else "history is not a list")
+                                + "; expected {\"user_id\": ..., \"history\": [...]}")
     if len(data["history"]) > history_len:
         raise PhoenixInputError(f"{path}: {len(data['history'])} history items; the served model reads at most "
                                 f"S = {history_len}")
     history = []
     for i, item in enumerate(data["history"]):
         what = f"{path}: history[{i}]"
-        if not isinstance(item, dict) or "post_id" not in item or "author_id" not in item:
+        if not isinstance(item, dict):
+            raise PhoenixInputError(f"{what}: expected an object with {list(HISTORY_ITEM_KEYS)}, got {item!r:.80}")
+        check_keys(item, HISTORY_ITEM_KEYS, what, PhoenixInputError)
+        if "post_id" not in item or "author_id" not in item:
             raise PhoenixInputError(f"{what}: needs post_id and author_id")
         for key in ("post_id", "author_id"):
             if isinstance(item[key], bool) or not isinstance(item[key], int) or not 0 <= item[key] < 1 << 64:
                 raise PhoenixInputError(f"{what}.{key}: {item[key]!r} is not an id (an integer in [0, 2^64))")
+        raw = item.get("actions", {})
+        if not isinstance(raw, dict):
+            raise PhoenixInputError(f"{what}.actions: expected {{\"<ActionName index>\": 1.0, ...}}, got {raw!r:.80}")
         acts = {}
-        for key, value in (item.get("actions") or {}).items():
+        for key, value in raw.items():
             if not str(key).isdigit() or int(key) >= len(actions):
                 raise PhoenixInputError(f"{what}.actions: unknown action index {key!r}; the model's actions are the "
                                         f"ActionName indices 0..{len(actions) - 1}")

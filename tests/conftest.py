@@ -36,10 +36,36 @@ DEMO_BUILD = ["--preset", "demo", "--target", "cpu"]
 DEMO_VOCAB = {"user": 500, "item": 1000, "author": 700}
 
 
+# Every build this session made: build_key(args) -> its output folder. A build with the same options is the
+# same build (seeded, deterministic), so tests/test_readme.py reuses one instead of making it twice.
+BUILDS: dict[str, Path] = {}
+
+
+def build_key(args: list[str], cwd: Path | None = None) -> str:
+    """export.build's options as the build reads them (its own parser, defaults filled in), without --output:
+    paths resolved from `cwd`, and an --extra-features file by the features it declares (not its bytes)."""
+    import json
+
+    from export import build
+    from export.models import features_from_json
+    from phoenix_torch.features import to_dicts
+
+    ns = vars(build.parser().parse_args([*args, "--output", "-"]))
+    ns.pop("output")
+    for opt in ("artifacts", "checkpoint", "retrieval_checkpoint", "tables", "corpus_file"):
+        if ns.get(opt):
+            ns[opt] = str(((cwd or Path.cwd()) / ns[opt]).resolve())
+    if ns.get("extra_features"):
+        path = (cwd or Path.cwd()) / ns["extra_features"]
+        ns["extra_features"] = to_dicts(features_from_json(json.loads(path.read_text())))
+    return json.dumps(ns, sort_keys=True, default=str)
+
+
 def run_build(args: list[str], output: Path) -> Path:
     from export import build
 
     assert build.main([*args, "--output", str(output)]) == 0, f"export.build {' '.join(args)} failed"
+    BUILDS[build_key(args)] = output
     return output
 
 
@@ -65,6 +91,27 @@ def may_repo(tmp_path_factory) -> Path:
     """The May release's artifacts folder (tests/golden/may/may_artifacts_mini), fp32, cpu target."""
     return run_build(["--artifacts", str(MAY_ARTIFACTS), "--precision", "fp32", "--target", "cpu"],
                      tmp_path_factory.mktemp("may") / "repo")
+
+
+# The seed guide's two example features (tests/model_fixtures.py EXTRA_FEATURES) on the May demo model: a small
+# build (300-row tables, no towers), shared by tests/test_features.py and the README's "Add a feature" example.
+FEATURES_BUILD = ["--preset", "demo", "--release", "may", "--vocab", "300", "--no-towers", "--target", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def features_file(tmp_path_factory) -> Path:
+    import json
+
+    from model_fixtures import EXTRA_FEATURES
+    path = tmp_path_factory.mktemp("features") / "features.json"
+    path.write_text(json.dumps([f.to_dict() for f in EXTRA_FEATURES], indent=1))
+    return path
+
+
+@pytest.fixture(scope="session")
+def features_repo(tmp_path_factory, features_file) -> Path:
+    return run_build([*FEATURES_BUILD, "--extra-features", str(features_file)],
+                     tmp_path_factory.mktemp("extras") / "repo")
 
 
 @pytest.fixture(scope="module")

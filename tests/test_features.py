@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_build
 from model_fixtures import EXTRA_FEATURES
 
 from export.models import ModelSource, features_from_json, load_models, torch_tables
@@ -18,19 +17,10 @@ from phoenix_torch import HashedPhoenixModel, RecsysBatch
 from serving.client import PhoenixClient, PhoenixInputError
 from serving.server import TritonServer
 
-BUILD = ["--preset", "demo", "--release", "may", "--vocab", "300", "--no-towers", "--target", "cpu"]
-
 
 @pytest.fixture(scope="module")
-def features_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("features") / "features.json"
-    path.write_text(json.dumps([f.to_dict() for f in EXTRA_FEATURES], indent=1))
-    return path
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory, features_file):
-    return run_build([*BUILD, "--extra-features", str(features_file)], tmp_path_factory.mktemp("extras") / "repo")
+def repo(features_repo):
+    return features_repo
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +35,22 @@ def test_the_json_declaration_round_trips():
         features_from_json([{"kind": "embedding", "name": "x", "side": "user"}])
     with pytest.raises(ValueError, match="unknown key"):
         features_from_json([{"kind": "categorical", "name": "x", "side": "user", "vocab": 3, "size": 2}])
+
+
+def test_a_typo_in_the_json_declaration_exits_2_naming_the_key_and_its_closest_match(tmp_path, capsys):
+    from export import build
+    cases = {"num_hash": ("item [1] (hashed feature 'user_language_hashes'): unknown key 'num_hash'; did you mean "
+                          "'num_hashes'?"),
+             "kind": "item [1]: unknown kind 'hashd'; did you mean 'hashed'?"}
+    for typo, message in cases.items():
+        item = {"kind": "hashed", "name": "user_language_hashes", "side": "user", "entity": "language"}
+        item.update({"num_hash": 1} if typo == "num_hash" else {"kind": "hashd", "num_hashes": 1})
+        path = tmp_path / f"{typo}.json"
+        path.write_text(json.dumps([EXTRA_FEATURES[1].to_dict(), item]))
+        with pytest.raises(SystemExit) as exit_:
+            build.main(["--preset", "demo", "--extra-features", str(path), "--output", str(tmp_path / "never")])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+        assert not (tmp_path / "never").exists()
 
 
 def test_added_features_reach_every_layer(repo):
@@ -86,12 +92,12 @@ def test_the_client_scores_the_added_features_like_torch(server, features_file):
 
 def test_the_cli_takes_the_added_features(server):
     out = subprocess.run([sys.executable, "-m", "serving.client", "score", "--url", server.grpc_url, "--json",
-                          "--user", "language_id=7", "--candidate", "11:1:0:media_category=3",
+                          "--user-id", "42", "--user", "language_id=7", "--candidate", "11:1:0:media_category=3",
                           "--candidate", "12:2:0:media_category=5", "--history", "5:1:server_tweet_fav:2"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["ranking"]) == 2
     bad = subprocess.run([sys.executable, "-m", "serving.client", "score", "--url", server.grpc_url,
-                          "--user", "language_id=7", "--candidate", "11:1:0:media_category=9"],
+                          "--user-id", "42", "--user", "language_id=7", "--candidate", "11:1:0:media_category=9"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "candidate_media_category' holds 9, outside [0, 8)" in bad.stderr

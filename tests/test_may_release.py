@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -65,20 +63,34 @@ def test_pipeline_reproduces_upstreams_fp32_run(client):
         assert mine.split()[:8] == theirs.split()[:8], (mine, theirs)
 
 
-def test_pipeline_cli_writes_the_expected_keys(server, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "serving.client", "pipeline", "--url", server.grpc_url,
-                          "--sequence", str(MAY_ARTIFACTS / "example_sequence.json"), "--top-k", "200",
-                          "--output-npz", str(tmp_path / "p.npz")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "PIPELINE RESULTS" in out.stdout and "https://x.com/a/status/" in out.stdout
-    got, expected = np.load(tmp_path / "p.npz"), np.load(MAY_ARTIFACTS / "expected_pipeline_fp32.npz")
-    assert set(got.files) == {"retrieved_post_ids", "retrieved_author_ids", "retrieval_scores", "probs", "weighted",
-                              "ranked"}
-    np.testing.assert_array_equal(got["ranked"], expected["ranked"])
-    js = subprocess.run([sys.executable, "-m", "serving.client", "pipeline", "--url", server.grpc_url, "--json",
-                         "--top-k", "50", "--sequence", str(MAY_ARTIFACTS / "example_sequence.json")],
-                        capture_output=True, text=True, timeout=120)
-    assert js.returncode == 0 and len(json.loads(js.stdout)["ranked"]) == 50
+def test_pipeline_cli_json_and_a_clean_exit_2_for_bad_paths(server, tmp_path, capsys):
+    """--output-npz as the README runs it is checked in tests/test_readme.py; here --json and bad paths."""
+    from serving import cli
+    sequence = str(MAY_ARTIFACTS / "example_sequence.json")
+    assert cli.main(["pipeline", "--url", server.grpc_url, "--json", "--top-k", "50", "--sequence", sequence,
+                     "--output-npz", str(tmp_path / "p.npz")]) == 0
+    out = capsys.readouterr()
+    assert len(json.loads(out.out)["ranked"]) == 50                      # stdout stays JSON ...
+    assert out.err.startswith(f"wrote {tmp_path / 'p.npz'}: retrieved_post_ids [50] uint64, ")   # ... the note: stderr
+    assert set(np.load(tmp_path / "p.npz").files) == {"retrieved_post_ids", "retrieved_author_ids", "retrieval_scores",
+                                                      "probs", "weighted", "ranked"}
+    for argv, message in ((["--sequence", str(tmp_path / "none.json")], "none.json: cannot read a JSON sequence file"),
+                          (["--sequence", sequence, "--output-npz", str(tmp_path / "no" / "p.npz")],
+                           "--output-npz " + str(tmp_path / "no" / "p.npz") + ": cannot write it")):
+        assert cli.main(["pipeline", "--url", server.grpc_url, *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_january_action_names_are_the_same_actions_on_the_may_model(client):
+    request = dict(user_id=42, candidates=[(11, 1, 0), (12, 2, 3)])
+    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet",
+                                                   "client_tweet_report"], 0)])
+    january = client.score(**request, history=[(5, 1, ["favorite", "repost", "report"], 0)])
+    np.testing.assert_array_equal(january.final_score, may.final_score)
+    with pytest.raises(PhoenixInputError, match=r"unknown action 'share'; it is the action of share_score, for which "
+                                                r"the served model has no column\. The served model uses the May "
+                                                r"release's ActionName names: \['invalid_name', 'server_tweet_fav'"):
+        client.score(**request, history=[(5, 1, ["share"], 0)])
 
 
 @pytest.mark.parametrize("change,message", [
@@ -87,6 +99,12 @@ def test_pipeline_cli_writes_the_expected_keys(server, tmp_path):
     (lambda s: s["history"][2].update(author_id=-5), r"history\[2\]\.author_id: -5 is not an id"),
     (lambda s: s.update(history=s["history"] * 50), "150 history items; the served model reads at most S = 127"),
     (lambda s: s["history"][0]["actions"].update({"1": 0.5}), "action 1 has value 0.5"),
+    # typos are refused, never read as "no actions" / "no history"
+    (lambda s: s["history"][0].update(action=s["history"][0].pop("actions")),
+     r"history\[0\]: unknown key 'action'; did you mean 'actions'\? "
+     r"\(keys allowed: 'post_id', 'author_id', 'actions'\)"),
+    (lambda s: s.update(histroy=s.pop("history")), r"unknown key 'histroy'; did you mean 'history'\?"),
+    (lambda s: s.update(userid=s.pop("user_id")), r"unknown key 'userid'; did you mean 'user_id'\?"),
 ])
 def test_bad_sequence_files_are_named_and_the_server_keeps_serving(client, tmp_path, change, message):
     seq = json.loads((MAY_ARTIFACTS / "example_sequence.json").read_text())

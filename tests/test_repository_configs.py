@@ -4,7 +4,7 @@ The served records are made the way export.build makes them (export.graphs specs
 export.repository records), then `repository.configs` builds every ModelConfig. Each config must survive
 protobuf's text format and parse with tritonclient's model_config_pb2, and both ensembles' maps must be
 consistent (`check_ensemble`): every input of every step fed, by a tensor of the same dtype and dims,
-optional ensemble inputs only where the step model accepts an absent input. The GPU targets cannot be
+every ensemble input optional (each step model names a missing input of its own: Triton counts only). The GPU targets cannot be
 loaded by the bundled tritonserver (Python backend only), so this is where their mistakes are caught.
 Runs in seconds.
 """
@@ -104,8 +104,9 @@ def roundtrip(cfg: mc.ModelConfig) -> mc.ModelConfig:
 def check_ensemble(configs: dict[str, mc.ModelConfig], name: str) -> None:
     """AssertionError unless the ensemble `name` is consistent: every step is a model of the repository, every
     input of a step model is fed (optional ones may be left out) by an ensemble input or an earlier step's
-    output of the same dtype and dims, an optional ensemble input feeds only optional step inputs, every
-    ensemble input is used, every ensemble output is produced with its dtype and dims."""
+    output of the same dtype and dims, every ensemble input is optional (a missing one is named by the step
+    model that requires it, see export.repository.ensemble_config), every ensemble input is used, every
+    ensemble output is produced with its dtype and dims."""
     ens = configs[name]
     assert ens.platform == "ensemble", f"{name} is not an ensemble"
     assert len({i.name for i in ens.input}) == len(ens.input), f"{name}: duplicate ensemble inputs"
@@ -123,8 +124,8 @@ def check_ensemble(configs: dict[str, mc.ModelConfig], name: str) -> None:
             want = inputs[key]
             assert dtype == want.data_type, f"{name}: {step.model_name}.{key} dtype {want.data_type}, fed {dtype}"
             assert dims == list(want.dims), f"{name}: {step.model_name}.{key} dims {list(want.dims)}, fed {dims}"
-            assert not optional or want.optional, \
-                f"{name}: optional ensemble input {value} feeds {step.model_name}.{key}, which requires a value"
+            assert optional or value not in {i.name for i in ens.input}, \
+                f"{name}: ensemble input {value} is required: Triton counts inputs, a step names a missing one"
             used.add(value)
         unfed = [i.name for i in model.input if not i.optional and i.name not in step.input_map]
         assert not unfed, f"{name}: {step.model_name} inputs {unfed} are not fed"
@@ -231,8 +232,8 @@ def _wrong_dims(cfgs):
     next(i for i in cfgs[ENSEMBLE].input if i.name == "user_hashes").dims[:] = [3]
 
 
-def _optional_into_required(cfgs):
-    next(i for i in cfgs[ENSEMBLE].input if i.name == "candidate_post_hashes").optional = True
+def _required_ensemble_input(cfgs):
+    next(i for i in cfgs[ENSEMBLE].input if i.name == "candidate_post_hashes").optional = False
 
 
 def _unknown_output(cfgs):
@@ -244,14 +245,14 @@ def _unproduced_ensemble_output(cfgs):
 
 
 def _unused_input(cfgs):
-    cfgs[ENSEMBLE].input.add(name="stray", data_type=mc.TYPE_INT64, dims=[-1])
+    cfgs[ENSEMBLE].input.add(name="stray", data_type=mc.TYPE_INT64, dims=[-1], optional=True)
 
 
 def _missing_step_model(cfgs):
     del cfgs[POSTPROCESS]
 
 
-@pytest.mark.parametrize("breakage", [_drop_input_map, _wrong_dtype, _wrong_dims, _optional_into_required,
+@pytest.mark.parametrize("breakage", [_drop_input_map, _wrong_dtype, _wrong_dims, _required_ensemble_input,
                                       _unknown_output, _unproduced_ensemble_output, _unused_input,
                                       _missing_step_model])
 def test_the_checker_fails_on_a_broken_map(built, breakage):

@@ -2,15 +2,17 @@
 
 One demo build (cpu target, the session's `demo_repo`) and one server for the module, on free loopback
 ports. The reference is the torch model the build was made from (export.models.load_models with the same
-options: same seeded weights, same table file) followed by serving.scoring with the manifest's score
+options: same seeded weights, same table file) followed by phoenix_runtime.scoring with the manifest's score
 sources and parameters.
 """
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from functools import partial
 
@@ -217,10 +219,90 @@ def test_client_rejects_bad_inputs_naming_them(client):
         (dict(history=[(5, 6, {"favorite": 2.0}, 0)]), r"history\[0\]\.actions: action 'favorite' has value 2.0"),
         (dict(candidates=[{"post_id": 5, "author_id": 6, "product_surface": 0, "video_duration_ms": -1}]),
          "video_duration_ms: integers >= 0"),
+        # a key nobody reads is a typo: named, with its closest allowed key, never ignored
+        (dict(history=[{"post_id": 5, "author_id": 6, "action": ["favorite"], "product_surface": 0}]),
+         r"history\[0\]: unknown key 'action'; did you mean 'actions'\? \(keys allowed: 'post_id', 'author_id', "
+         r"'actions', 'product_surface'\)"),
+        (dict(candidates=[{"post_id": 5, "author_id": 6, "product_surface": 0, "video_duration": 15000}]),
+         r"candidates\[0\]: unknown key 'video_duration'; did you mean 'video_duration_ms'\?"),
+        (dict(user={"foo": 7}), r"user: unknown key 'foo' \(keys allowed: 'user_id'\)"),
+        (dict(user={"user_id": 7}), "user: user_id given twice"),
+        (dict(candidates=[{"post_id": 5, "author_id": 6, "product_surface": 0, "in_network": "false"}]),
+         "in_network: True or False, got 'false'"),
+        (dict(history=[(5, 6, ["client_tweet_share"], 0)]),         # a May name of an action this model has
+         None),
+        (dict(history=[(5, 6, ["server_tweet_unfav"], 0)]),
+         r"unknown action 'server_tweet_unfav'; did you mean 'server_tweet_fav'\? The served model uses the January "
+         r"release's action names: \['favorite', "),
     ]
     for change, message in cases:
+        if message is None:
+            client.score(**{**good, **change})
+            continue
         with pytest.raises(PhoenixInputError, match=message):
             client.score(**{**good, **change})
+
+
+def test_either_releases_action_names_are_the_same_actions(client):
+    request = dict(user_id=42, candidates=[(11, 1, 0), (12, 2, 3)])
+    january = client.score(**request, history=[(5, 1, ["favorite", "repost", "share"], 2)])
+    may = client.score(**request, history=[(5, 1, ["server_tweet_fav", "server_tweet_retweet",
+                                                   "client_tweet_share"], 2)])
+    by_score_name = client.score(**request, history=[(5, 1, ["favorite_score", "retweet", 7], 2)])
+    other = client.score(**request, history=[(5, 1, ["favorite"], 2)])
+    np.testing.assert_array_equal(may.final_score, january.final_score)
+    np.testing.assert_array_equal(by_score_name.final_score, january.final_score)
+    assert np.abs(other.final_score - january.final_score).max() > 0, "the actions reach the model"
+
+
+def test_requests_are_checked_against_the_served_models_metadata(client, manifest):
+    """Unknown, misspelled and missing inputs are named by the client before sending, from Triton's metadata
+    (an ensemble's required inputs from its steps' configs)."""
+    arrays = rows(client, [demo_request(client.actions, 3)])
+    served = client.served_inputs("phoenix")
+    assert {n for n, s in served.items() if s["required"]} == {s["name"] for s in manifest["served"]["phoenix_ranker"]
+                                                               ["inputs"]}
+    with pytest.raises(PhoenixInputError, match=r"phoenix request: unknown input 'candidate_post_hash'; did you mean "
+                                                 r"'candidate_post_hashes'\?"):
+        client.infer({**{k: v for k, v in arrays.items() if k != "candidate_post_hashes"},
+                      "candidate_post_hash": arrays["candidate_post_hashes"]})
+    with pytest.raises(PhoenixInputError, match=r"phoenix request: missing required input\(s\) \['user_hashes'\]"):
+        client.infer({k: v for k, v in arrays.items() if k != "user_hashes"})
+    with pytest.raises(PhoenixInputError, match=r"input 'user_hashes' has dtype int32; the served model takes INT64"):
+        client.infer({**arrays, "user_hashes": arrays["user_hashes"].astype(np.int32)})
+    with pytest.raises(PhoenixInputError, match=r"unknown model 'phoenix_embedings'; did you mean 'phoenix_embeddings"):
+        client.infer(arrays, model="phoenix_embedings")
+
+
+def _embeddings_feed(manifest) -> dict:
+    specs = manifest["served"]["phoenix_ranker_embeddings"]["inputs"]
+    feed = {s["name"]: np.ones(resolve_shape(s["shape"], {"B": 1, "C": 3}), dtype=s["dtype"]) for s in specs}
+    feed["history_actions"][:] = 0
+    return feed
+
+
+def test_triton_itself_names_a_missing_ensemble_input_for_raw_clients(server, manifest):
+    """A raw tritonclient or curl request without `user_embeddings` but with an optional input: before, Triton's
+    count check let it pass and the ensemble deadlocked ("at least one output is not set"); now the step that
+    needs it names it, with a 400."""
+    import json as _json
+
+    import tritonclient.grpc as grpcclient
+    feed = {k: v for k, v in _embeddings_feed(manifest).items() if k != "user_embeddings"}
+    feed["candidate_author_ids"] = np.array([[1, 2, 3]], np.int64)          # optional: keeps the count
+    with PhoenixClient(server.grpc_url) as client:
+        inputs = client.make_inputs(feed)
+    raw = grpcclient.InferenceServerClient(server.grpc_url)
+    with pytest.raises(grpcclient.InferenceServerException, match="user_embeddings") as e:
+        raw.infer("phoenix_embeddings", inputs)
+    assert "deadlock" not in e.value.message() and "INVALID_ARGUMENT" in str(e.value.status())
+    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64" if v.dtype == np.int64 else "FP32",
+                        "data": v.ravel().tolist()} for k, v in feed.items()]}
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/phoenix_embeddings/infer",
+                                     data=_json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as http:               # what curl gets
+        urllib.request.urlopen(request, timeout=60)
+    assert http.value.code == 400 and "user_embeddings" in http.value.read().decode()
 
 
 def _bad_arrays(client):
@@ -396,37 +478,70 @@ def test_client_cli_prints_ranked_table_and_separates_input_from_transport_error
         return subprocess.run([sys.executable, "-m", "serving.client", *args], capture_output=True, text=True,
                               timeout=120)
 
-    out = cli("score", "--url", server.grpc_url, "--candidate", "11:1:0", "--candidate", "12:1:3",
+    out = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "11:1:0", "--candidate", "12:1:3",
               "--candidate", "13:2:1:video_duration_ms=15000:in_network=false", "--history", "5:1:favorite, reply:2")
     assert out.returncode == 0, out.stderr
     assert "rank" in out.stdout and "favorite" in out.stdout and "retweet" in out.stdout
     assert len(re.findall(r"│\s+\d+\s+│\s+1[123]\s+│", out.stdout)) == 3, out.stdout
-    bad = cli("score", "--url", server.grpc_url, "--candidate", "x:1:0")
+    bad = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "x:1:0")
     assert bad.returncode == 2 and "input error: --candidate 'x:1:0' post id: 'x' is not an integer" in bad.stderr
-    bad = cli("score", "--url", server.grpc_url, "--candidate", "11:1:99")
+    bad = cli("score", "--url", server.grpc_url, "--user-id", "42", "--candidate", "11:1:99")
     assert bad.returncode == 2 and "holds 99, outside [0, 16)" in bad.stderr
     down = cli("score", "--url", "127.0.0.1:1")
     assert down.returncode == 3 and "cannot reach the server" in down.stderr
-    js = cli("score", "--url", server.grpc_url, "--json", "--candidate", "11:1:0")
+    js = cli("score", "--url", server.grpc_url, "--json", "--user-id", "42", "--candidate", "11:1:0")
     assert js.returncode == 0 and '"final_score"' in js.stdout
 
 
-def test_the_readmes_bring_your_own_embeddings_example_gives_the_hashes_paths_scores(server, demo_repo, tmp_path,
-                                                                                     monkeypatch):
-    """The README's example, run as written, with a store file made from the repository's own tables."""
-    from pathlib import Path
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Bring your own embeddings"):]
-    code = section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
-    tables = read_manifest(demo_repo)["tables"]["ranker"]
-    np.savez(tmp_path / "my_tables.npz", **{f"{e}_embeddings": np.load(demo_repo / t["path"]) for e, t in tables.items()})
-    monkeypatch.chdir(tmp_path)
-    scope = {}
-    exec(code.replace("127.0.0.1:8001", server.grpc_url), scope)
-    with PhoenixClient(server.grpc_url) as client:
-        expected = client.score(user_id=42, history=[(5, 1, ["favorite"], 2)], candidates=[(11, 1, 0), (12, 2, 3)])
-    np.testing.assert_allclose(scope["result"].final_score, expected.final_score, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(scope["result"].scores["favorite_score"], expected.scores["favorite_score"], atol=1e-5)
+@pytest.mark.parametrize("argv,message", [
+    (["--user-id", "42", "--candidate", "11:1:0:video_duration=15000"],
+     "--candidate '11:1:0:video_duration=15000': unknown key 'video_duration'; did you mean 'video_duration_ms'? "
+     "(keys allowed: 'post_id', 'author_id', 'product_surface', 'video_duration_ms', 'in_network')"),
+    (["--user-id", "42", "--candidate", "11:1:0:foo=1"], "--candidate '11:1:0:foo=1': unknown key 'foo' (keys allowed"),
+    (["--user-id", "42", "--user", "foo=7", "--candidate", "11:1:0"], "--user: unknown key 'foo'"),
+    (["--user-id", "42", "--history", "5:1:favorite:2:dwel=3", "--candidate", "11:1:0"],
+     "--history '5:1:favorite:2:dwel=3': unknown key 'dwel'"),
+    (["--user-id", "42", "--history", "5:1:likes:2", "--candidate", "11:1:0"],
+     "--history '5:1:likes:2' actions: unknown action 'likes'"),
+    (["--user-id", "42", "--candidate", "11:1:0:in_network=maybe"], "in_network: 'maybe' is not true or false"),
+    (["--user-id", "42", "--candidate", "11:1:0:product_surface=3"], "'product_surface' is given by position"),
+    (["--candidate", "11:1:0"], "--user-id: required with --history, --user or --candidate"),
+    (["--history", "5:1:favorite:2"], "--user-id: required"),
+    (["--user-id", "42"], "--candidate: give at least one POST:AUTHOR:SURFACE"),
+    (["--user-id", "42", "--seed", "3", "--candidate", "11:1:0"], "--seed picks the demo user"),
+], ids=lambda x: x if isinstance(x, str) and len(x) < 12 else None)
+def test_cli_typos_and_half_requests_exit_2_naming_them(server, capsys, argv, message):
+    from serving import cli
+    assert cli.main(["score", "--url", server.grpc_url, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_scores_the_demo_user_only_without_input_and_says_so(server, capsys):
+    from serving import cli
+    assert cli.main(["score", "--url", server.grpc_url, "--json", "--seed", "2"]) == 0
+    out = capsys.readouterr()
+    assert "note: no --user-id, --history, --user or --candidate: using the demo user (seed 2" in out.err
+    assert len(json.loads(out.out)["ranking"]) == 8
+
+
+def test_embeddings_cli_names_unreadable_unknown_and_missing_arrays(server, manifest, tmp_path, capsys):
+    from serving import cli
+    feed = _embeddings_feed(manifest)
+    cases = {"missing file": (None, "--npz {path}: cannot read an .npz file"),
+             "unknown": ({**feed, "user_embedding": feed["user_embeddings"]},
+                         "unknown input 'user_embedding'; did you mean 'user_embeddings'?"),
+             "missing": ({k: v for k, v in feed.items() if k != "user_embeddings"},
+                         "missing required input(s) ['user_embeddings']")}
+    for case, (arrays, message) in cases.items():
+        path = tmp_path / f"{case}.npz"
+        if arrays is not None:
+            np.savez(path, **arrays)
+        assert cli.main(["embeddings", "--url", server.grpc_url, "--npz", str(path)]) == 2, case
+        assert message.format(path=path) in capsys.readouterr().err, case
+    np.savez(tmp_path / "ok.npz", **feed)
+    assert cli.main(["embeddings", "--url", server.grpc_url, "--npz", str(tmp_path / "ok.npz")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"┃\s*rank\s*┃\s*candidate\s*┃\s*final\s*┃", out), out     # indices; no author ids given
 
 
 def test_hand_computed_scoring_cases_through_the_real_server(client, manifest):

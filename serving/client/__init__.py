@@ -14,27 +14,36 @@ Requests are built from the model's declared inputs. A history item is a tuple (
 actions, product_surface) or a dict of raw keys (`post_id`, `author_id`, `actions`, `product_surface`,
 May: `continuous_actions`, plus any feature added by configuration); a candidate is (post_id, author_id,
 product_surface) or a dict (`impr_ts`, `post_creation_ts`, `video_duration_ms`, `in_network`, ...);
-`user` holds user features (`ip_id`, ...). Raw ids are hashed with phoenix_runtime.hashing.hash_ids (the
-server's constants); `hashed=True` takes hash values instead. Actions are names of the model's action
-list (or their served score names, or column indices). The history is padded to S (the most recent S
-items kept); candidates are padded to the server's fixed sizes, if it has any. Every input is checked
-before sending with the server's own rules (phoenix_runtime.request.check_request): a bad one raises
-PhoenixInputError naming it; an error the server returns raises PhoenixServerError with its message; a
-server that cannot be reached raises PhoenixConnectionError.
+`user` holds user features (`ip_id`, ...). Keys are strict: the keys allowed are the served model's raw
+keys of that side (`client.keys("history")`, from its input specs, plus the postprocess's optional
+candidate facts); any other key (a typo such as `action`) raises PhoenixInputError naming it and its
+closest allowed key. Raw ids are hashed with phoenix_runtime.hashing.hash_ids (the server's constants);
+`hashed=True` takes hash values instead. Actions are names of the model's action list, the other
+release's name of the same action (January `favorite` or May `server_tweet_fav`,
+phoenix_runtime.scoring.PHOENIX_SCORES), its served score name (`favorite_score`, `favorite`) or a column
+index. The history is padded to S (the most recent S items kept); candidates are padded to the server's
+fixed sizes, if it has any. Every request is checked before sending: its values with the server's own
+rules (phoenix_runtime.request.check_request), and its input names and dtypes against the served model's
+metadata (an unknown or missing input is named); a bad one raises PhoenixInputError naming it; an error
+the server returns raises PhoenixServerError with its message; a server that cannot be reached raises
+PhoenixConnectionError.
 
 The command line is `python -m serving.client --help` (serving/cli.py; serving/client/__main__.py runs it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from export.keys import check_keys, closest, unknown_key
 from phoenix_runtime.batching import stack_rows
 from phoenix_runtime.hashing import hash_ids, hash_params_from
 from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE, POSTPROCESS, RETRIEVAL
 from phoenix_runtime.request import Limits, RequestError, check_request
+from phoenix_runtime.scoring import PHOENIX_SCORES
 
 
 class PhoenixInputError(ValueError):
@@ -91,6 +100,22 @@ def ids_array(values, what: str) -> np.ndarray:
 _TRITON_DTYPES = {"int32": "INT32", "int64": "INT64", "uint64": "UINT64", "float32": "FP32", "bool": "BOOL"}
 
 
+def action_columns(actions, fields: dict) -> dict[str, int]:
+    """Every name an action may be given by -> its column: the model's own action names; then, for each
+    PhoenixScores field the model serves from a column (`fields`: the served score sources), the field
+    (`favorite_score`), its stem (`favorite`), its January name and its ActionName
+    (phoenix_runtime.scoring.PHOENIX_SCORES), so either release's name works wherever it names exactly one
+    column of this model."""
+    columns = {a: i for i, a in enumerate(actions)}
+    aliases: dict[str, set[int]] = {}
+    for name, source in fields.items():
+        if source and source[0] == "column":
+            for alias in (name, name.removesuffix("_score"), *PHOENIX_SCORES.get(name, ())):
+                if alias and alias not in columns:
+                    aliases.setdefault(alias, set()).add(source[1])
+    return {**columns, **{a: cols.pop() for a, cols in aliases.items() if len(cols) == 1}}
+
+
 class PhoenixClient:
     def __init__(self, url: str = "127.0.0.1:8001", protocol: str = "grpc", timeout: float = 60.0,
                  config: dict | None = None, model: str = ENSEMBLE):
@@ -101,33 +126,90 @@ class PhoenixClient:
             self.triton = self._t.InferenceServerClient(url, **kwargs)
         except Exception as e:  # a malformed URL and the like
             raise PhoenixConnectionError(f"cannot open a {protocol} connection to {url}: {e}") from None
+        self._served: dict[str, dict] = {}       # model -> its inputs as Triton serves them (served_inputs)
+        self._configs: dict[str, dict] = {}      # model -> its Triton config
         self.config = config or self._server_config()
         self.limits = Limits.from_dict(self.config["limits"])
         self.history_len = self.limits.history_len
         self.inputs = self.config["ranker_inputs"]
         self.actions = list(self.config["actions"])
         self.hashing = hash_params_from(self.config["hashing"])
+        self.action_columns = action_columns(self.actions, self.config["score_sources"]["fields"])
 
     # -------------------------------------------------------------- config
-    def _server_config(self) -> dict:
+    def _rpc(self, call, *args, what: str):
+        """One request to Triton that is not an inference; its failures as this module's errors."""
         try:
-            cfg = self.triton.get_model_config(POSTPROCESS,
-                                               **({"as_json": True} if self.protocol == "grpc" else {}))
+            return call(*args, **({"as_json": True} if self.protocol == "grpc" else {}))
         except self._t.InferenceServerException as e:
-            if "unavailable" in str(e.status()).lower() or "failed to connect" in e.message().lower() or \
-                    "connect" in e.message().lower():
+            message = e.message() or ""
+            if "unavailable" in str(e.status()).lower() or "connect" in message.lower():
                 raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): "
-                                             f"{e.message()}") from None
-            raise PhoenixServerError(f"cannot read {POSTPROCESS}'s config from {self.url}: "
-                                     f"{e.message()}") from None
+                                             f"{message}") from None
+            raise PhoenixServerError(f"cannot read {what} from {self.url}: {message}") from None
         except Exception as e:  # refused connections surface as socket / gRPC errors
             raise PhoenixConnectionError(f"cannot reach the server at {self.url} ({self.protocol}): {e}") from None
-        cfg = cfg.get("config", cfg)
+
+    def model_config(self, model: str) -> dict:
+        """A served model's Triton config (as JSON)."""
+        if model not in self._configs:
+            cfg = self._rpc(self.triton.get_model_config, model, what=f"{model}'s config")
+            self._configs[model] = cfg.get("config", cfg)
+        return self._configs[model]
+
+    def _server_config(self) -> dict:
+        cfg = self.model_config(POSTPROCESS)
         try:
             return json.loads(cfg["parameters"]["client_config"]["string_value"])
         except KeyError:
             raise PhoenixServerError(f"{POSTPROCESS} has no `client_config` parameter: the server runs a "
                                      "repository built by another version of export.build") from None
+
+    def served_inputs(self, model: str) -> dict[str, dict]:
+        """{input: {"datatype": "INT64", "shape": [...], "required": bool}} of a served model, read from Triton:
+        names, datatypes and shapes from its metadata (get_model_metadata), whether it may be absent from its
+        config. Every input of an ensemble is optional (so that its step model, not a deadlock, names a missing
+        one): an ensemble input is required when a step model requires the input it feeds."""
+        if model in self._served:
+            return self._served[model]
+        try:
+            meta = self._rpc(self.triton.get_model_metadata, model, what=f"{model}'s metadata")
+        except PhoenixServerError as e:
+            index = self._rpc(self.triton.get_model_repository_index, what="the model repository index")
+            names = sorted(m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index))
+            if model not in names:
+                raise PhoenixInputError(unknown_key(model, names, f"the server at {self.url}", what="model")) from None
+            raise e from None
+        cfg = self.model_config(model)
+        optional = {i["name"]: bool(i.get("optional")) for i in cfg.get("input", [])}
+        if cfg.get("platform") == "ensemble":
+            required = set()
+            for step in cfg.get("ensemble_scheduling", {}).get("step", []):
+                step_optional = {i["name"]: bool(i.get("optional")) for i in self.model_config(step["model_name"])
+                                 .get("input", [])}
+                required |= {value for key, value in step.get("input_map", {}).items()
+                             if value in optional and not step_optional.get(key, False)}
+        else:
+            required = {name for name, opt in optional.items() if not opt}
+        self._served[model] = {i["name"]: {"datatype": i["datatype"], "shape": [int(d) for d in i["shape"]],
+                                           "required": i["name"] in required} for i in meta["inputs"]}
+        return self._served[model]
+
+    def check_inputs(self, arrays: dict, model: str) -> None:
+        """PhoenixInputError unless `arrays` are exactly inputs the served `model` takes, every input it requires
+        is there, and each has the datatype it serves (values and shapes are the server's to check)."""
+        served = self.served_inputs(model)
+        check_keys(arrays, served, f"{model} request", PhoenixInputError, what="input")
+        missing = [n for n, s in served.items() if s["required"] and n not in arrays]
+        if missing:
+            optional = [n for n, s in served.items() if not s["required"]]
+            raise PhoenixInputError(f"{model} request: missing required input(s) {missing} (its optional inputs: "
+                                    f"{optional or 'none'})")
+        for name, a in arrays.items():
+            dtype = _TRITON_DTYPES.get(str(np.asarray(a).dtype))
+            if dtype != served[name]["datatype"]:
+                raise PhoenixInputError(f"{model} request: input {name!r} has dtype {np.asarray(a).dtype}; the "
+                                        f"served model takes {served[name]['datatype']}")
 
     def close(self):
         self.triton.close()
@@ -161,12 +243,16 @@ class PhoenixClient:
         if check == "hash":
             return self._hash(value, spec, f"{what}.{key}", hashed)
         if check == "multi_hot":
-            return self._actions(value, f"{what}.{key}")
+            return self.actions_vector(value, f"{what}.{key}")
         if check == "finite":
             v = np.zeros(trailing, np.float32)
-            items = value.items() if isinstance(value, dict) else enumerate(value)
-            for i, x in items:
-                v[int(i)] = float(x)
+            try:
+                for i, x in (value.items() if isinstance(value, dict) else enumerate(value)):
+                    v[int(i)] = float(x)
+            except (TypeError, ValueError, IndexError):
+                raise PhoenixInputError(f"{what}.{key}: expected at most {trailing[-1]} numbers (a list, or "
+                                        f"{{column: value}} with columns 0..{trailing[-1] - 1}), got {value!r:.80}"
+                                        ) from None
             return v
         if spec["dtype"] == "uint64":                 # a raw id the server hashes (phoenix_pipeline)
             return ids_array([value], f"{what}.{key}").reshape(trailing)
@@ -174,26 +260,62 @@ class PhoenixClient:
             raise PhoenixInputError(f"{what}.{key}: expected an integer, got {value!r}")
         return np.asarray(value, dtype=spec["dtype"]).reshape(trailing)
 
-    def _actions(self, value, what: str) -> np.ndarray:
-        """Action names, served score names or column indices (a list, or {index: 0/1}) -> multi-hot [A]."""
+    def action_column(self, name, what: str) -> int:
+        """The column of one action: a name of the model's action list, the other release's name of the same
+        action, its served score name (or that name without `_score`), or a column index."""
+        A = len(self.actions)
+        if isinstance(name, (int, np.integer)) and not isinstance(name, (bool, np.bool_)) or \
+                isinstance(name, str) and name.strip().isdigit():
+            i = int(name)
+            if not 0 <= i < A:
+                raise PhoenixInputError(f"{what}: action index {i} is outside the model's columns 0..{A - 1}")
+            return i
+        if isinstance(name, str) and name.strip() in self.action_columns:
+            return self.action_columns[name.strip()]
+        release = str(self.config.get("release") or "unknown").capitalize()
+        names = "ActionName names" if release == "May" else "action names"
+        hint = closest(name, self.action_columns) if isinstance(name, str) else None
+        field = next((f for f, alias in PHOENIX_SCORES.items() if name in (f, f.removesuffix("_score"),
+                                                                                    *alias)), None)
+        why = (f"; it is the action of {field}, for which the served model has no column." if field else
+               f"; did you mean {hint!r}?" if hint else ".")
+        raise PhoenixInputError(f"{what}: unknown action {name!r}{why} The served model uses the {release} "
+                                f"release's {names}: {self.actions}; also accepted: the other release's name of the "
+                                f"same action, its score name (e.g. 'favorite_score' or 'favorite'), or a column "
+                                f"index 0..{A - 1}")
+
+    def actions_vector(self, value, what: str) -> np.ndarray:
+        """Actions (a list of names or column indices, or {name or index: 0/1}) -> multi-hot [A]."""
         v = np.zeros(len(self.actions), np.float32)
         if isinstance(value, dict):
             items = list(value.items())
         else:
             items = [(a, 1.0) for a in ([value] if isinstance(value, (str, int)) else value)]
-        names = {a: i for i, a in enumerate(self.actions)}
-        fields = self.config["score_sources"]["fields"]
-        names.update({n: src[1] for n, src in fields.items() if src and src[0] == "column"})
-        names.update({n.removesuffix("_score"): i for n, i in list(names.items()) if n.endswith("_score")})
         for a, x in items:
-            i = names.get(a) if isinstance(a, str) and not a.strip().isdigit() else int(a)
-            if i is None or not 0 <= i < len(self.actions):
-                raise PhoenixInputError(f"{what}: unknown action {a!r}; the model's actions are {self.actions} "
-                                        f"(or column indices 0..{len(self.actions) - 1})")
+            i = self.action_column(a, what)
             if float(x) not in (0.0, 1.0):
                 raise PhoenixInputError(f"{what}: action {a!r} has value {x!r}; actions are 0 or 1")
             v[i] = float(x)
         return v
+
+    def keys(self, side: str) -> list[str]:
+        """The raw keys a user ("user"), a history item ("history") or a candidate ("candidate") may have: the
+        served model's inputs of that side (each spec's raw `key`) and, for candidates, the postprocess's
+        optional facts (author_id, video_duration_ms, in_network)."""
+        specs = [s for s in self.inputs if s["side"] == side]
+        if side == "candidate":
+            specs += self.config.get("postprocess_inputs", [])
+        return list(dict.fromkeys(s["key"] for s in specs))
+
+    def key_spec(self, side: str, key: str) -> dict:
+        """The input spec a raw key of `side` fills (the ranker's, else the postprocess's)."""
+        specs = [s for s in self.inputs if s["side"] == side]
+        if side == "candidate":
+            specs += self.config.get("postprocess_inputs", [])
+        found = next((s for s in specs if s["key"] == key), None)
+        if found is None:
+            raise PhoenixInputError(unknown_key(key, self.keys(side), side))
+        return found
 
     def build_row(self, user_id=None, history=(), candidates=(), user: dict | None = None,
                   hashed: bool = False) -> dict[str, np.ndarray]:
@@ -208,14 +330,21 @@ class PhoenixClient:
         except RequestError as e:
             raise PhoenixInputError(str(e)) from None
         u = dict(user or {})
-        if user_id is not None:
-            u.setdefault("user_hashes" if hashed else "user_id", user_id)
         if hashed and "user_hashes" in u:
             u["user_id"] = u.pop("user_hashes")
+        check_keys(u, self.keys("user"), "user", PhoenixInputError)
+        if user_id is not None:
+            if "user_id" in u:
+                raise PhoenixInputError(f"user: user_id given twice ({user_id!r} and user={{'user_id': "
+                                        f"{u['user_id']!r}}})")
+            u["user_id"] = user_id
         hist = [_as_dict(h, ("post_id", "author_id", "actions", "product_surface"), f"history[{i}]")
                 for i, h in enumerate(history)]
         cands = [_as_dict(c, ("post_id", "author_id", "product_surface"), f"candidates[{i}]")
                  for i, c in enumerate(candidates)]
+        for items, side, what in ((hist, "history", "history"), (cands, "candidate", "candidates")):
+            for i, item in enumerate(items):
+                check_keys(item, self.keys(side), f"{what}[{i}]", PhoenixInputError)
         row = {}
         for spec in self.inputs:
             side = spec["side"]
@@ -259,7 +388,10 @@ class PhoenixClient:
                                             f"{given!r:.80}")
                 out[spec["name"]] = d.astype(np.int64)
             else:
-                out[spec["name"]] = np.asarray([bool(v) for v in values])
+                bad = next((v for v in values if not isinstance(v, (bool, np.bool_))), None)
+                if bad is not None:
+                    raise PhoenixInputError(f"candidates {key}: True or False, got {bad!r:.80}")
+                out[spec["name"]] = np.asarray(values, dtype=bool)
         return out
 
     def _check(self, arrays: dict, model: str) -> None:
@@ -319,14 +451,8 @@ class PhoenixClient:
                  hashed=False) -> dict[str, np.ndarray]:
         """Top-k posts of the served corpus for one user: indices, post and author ids, scores."""
         spec_names = {s["name"] for s in self.config["retrieval_inputs"] or []}
-        if not spec_names:
-            raise PhoenixServerError("the server has no phoenix_retrieval model (built with --no-towers?)")
-        saved, self.inputs, self.hashing = (self.inputs, self.hashing), self.config["retrieval_inputs"], \
-            hash_params_from(self.config["retrieval_hashing"])
-        try:
+        with self.retrieval_view():
             row = self.build_row(user_id=user_id, history=history, user=user, hashed=hashed)
-        finally:
-            self.inputs, self.hashing = saved
         arrays = {k: v[None] for k, v in row.items() if k in spec_names}
         if top_k is not None:
             arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
@@ -335,29 +461,49 @@ class PhoenixClient:
         out = self.infer(arrays, RETRIEVAL)
         return {k: v[0] for k, v in out.items()}
 
+    @contextlib.contextmanager
+    def retrieval_view(self):
+        """Within it, build_row, keys and key_spec read phoenix_retrieval's inputs and hash constants."""
+        if not self.config.get("retrieval_inputs"):
+            raise PhoenixServerError("the server has no phoenix_retrieval model (built with --no-towers?)")
+        saved, self.inputs, self.hashing = (self.inputs, self.hashing), self.config["retrieval_inputs"], \
+            hash_params_from(self.config["retrieval_hashing"])
+        try:
+            yield self
+        finally:
+            self.inputs, self.hashing = saved
+
     def pipeline(self, user_id, history=(), user=None, top_k: int | None = None, corpus_mask=None) -> dict:
         """The release's whole pipeline for one user in ONE request (phoenix_pipeline): the top K posts of the
         served corpus and their scores. Raw ids in (the server hashes them with each model's constants); out:
         top_k_post_ids, top_k_author_ids, top_k_scores (retrieval), probs [K, A], home-mixer's named scores,
         weighted_score, final_score and ranking, pipeline_score and pipeline_ranking (run_pipeline.py's)."""
-        specs = self.config.get("pipeline_inputs")
-        if not specs:
-            raise PhoenixServerError(f"the server has no {PIPELINE} model (built with --no-towers, or an older build)")
-        saved, self.inputs = self.inputs, [s for s in specs if "side" in s]
-        try:
+        with self.pipeline_view():
             row = self.build_row(user_id=user_id, history=history, user=user)
-        finally:
-            self.inputs = saved
-        arrays = {k: v[None] for k, v in row.items() if k in {s["name"] for s in specs}}
+        arrays = {k: v[None] for k, v in row.items() if k in {s["name"] for s in self.config["pipeline_inputs"]}}
         if top_k is not None:
             arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
         if corpus_mask is not None:
             arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
         return {k: v[0] for k, v in self.infer(arrays, PIPELINE).items()}
 
+    @contextlib.contextmanager
+    def pipeline_view(self):
+        """Within it, build_row, keys and key_spec read phoenix_pipeline's inputs (raw ids, hashed by the server)."""
+        if not self.config.get("pipeline_inputs"):
+            raise PhoenixServerError(f"the server has no {PIPELINE} model (built with --no-towers, or by an older "
+                                     f"export.build)")
+        saved, self.inputs = self.inputs, [s for s in self.config["pipeline_inputs"] if "side" in s]
+        try:
+            yield self
+        finally:
+            self.inputs = saved
+
     def infer(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
-        """Send ready-made [B, ...] arrays as they are and return every output."""
+        """Send ready-made [B, ...] arrays and return every output. The input names and dtypes are checked
+        against the served model first (check_inputs: an unknown, misspelled or missing input is named)."""
         model = model or self.model
+        self.check_inputs(arrays, model)
         try:
             res = self.triton.infer(model, self.make_inputs(arrays),
                                     **({"client_timeout": self.timeout} if self.protocol == "grpc" else {}))
