@@ -104,10 +104,11 @@ def engine_record(graph, inputs: list[dict], lookups: dict, tables: str | None, 
 
 
 def postprocess_record(ranker_config, params: dict, ranker_inputs: list[dict]) -> dict:
-    """`params`: the complete scoring parameters (phoenix_runtime.scoring.scoring_params), recorded as used."""
     """Inputs: the ranker's outputs, the candidates' validity and author hashes, and home-mixer's optional
     per-candidate facts; outputs: the PhoenixScores fields, the columns no field reads, the weighted and
-    final scores, the ranking and every probability (phoenix_runtime.scoring.score_sources says which column feeds what)."""
+    final scores, the ranking and every probability (phoenix_runtime.scoring.score_sources says which column
+    feeds what). `params`: the complete scoring parameters (phoenix_runtime.scoring.scoring_params), recorded
+    as used."""
     cont = ranker_config.num_continuous_actions
     by_name = {s["name"]: s for s in ranker_inputs}
     inputs = [{"name": "logits", "dtype": "float32", "shape": ["B", "C", ranker_config.num_actions]}]
