@@ -38,7 +38,7 @@ from export.engines import (CHOICE_DIMS, KINDS as ENGINE_KINDS, EngineOptions, T
 from export.graphs import GRAPH_BUILDERS, GraphSpec, hashes_in
 from export.models import Models, ModelSource, features_from_json, load_models, torch_tables
 from export.onnx_export import OPSET, export_onnx, write_cpu_bf16
-from phoenix_runtime.engines import KINDS as RUNTIME_KINDS, EngineUnavailable, OnnxRuntimeEngine
+from phoenix_runtime.engines import ARTIFACT_KIND, KINDS as RUNTIME_KINDS, EngineUnavailable, OnnxRuntimeEngine
 from phoenix_runtime.hashing import hash_ids
 from phoenix_runtime.manifest import (ENSEMBLE, ENSEMBLE_EMBEDDINGS, FORMAT, MANIFEST, PIPELINE, POSTPROCESS, RANKER,
                                       RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact, model_path,
@@ -422,13 +422,22 @@ def parser() -> argparse.ArgumentParser:
                      help="candidates per user the server accepts (enforced before any work)")
     rep.add_argument("--candidate-sizes", default="", metavar="C,C,...",
                      help="fixed candidate counts the client pads to (hash-0 candidates, exact), so native backends "
-                          "batch requests of different C; the last must equal --max-candidates; empty = any C")
+                          "batch requests of different C; the last must equal --max-candidates. Default: any C on "
+                          "cpu; 64, 128, ... up to --max-candidates on GPU targets")
     rep.add_argument("--max-request-mb", type=float, default=DEFAULT_MAX_REQUEST_BYTES / (1 << 20),
                      help="largest request (sum of input bytes) the engine hosts accept, in MiB")
     rep.add_argument("--queue-delay-us", type=int, default=repo.DEFAULT_QUEUE_DELAY_US,
                      help="dynamic batching max_queue_delay_microseconds (0 = no waiting; measured, see "
                           "triton_repo/README.md)")
-    rep.add_argument("--instances", type=int, default=1, help="instances of each engine model (instance_group count)")
+    rep.add_argument("--instances", type=int, default=None,
+                     help="instances of each engine model (instance_group count; per GPU on GPU targets). Default: 1 "
+                          "on cpu; 2 on GPU targets, so one instance's copies overlap the other's compute")
+    rep.add_argument("--python-instances", type=int, default=None,
+                     help="instances of each CPU Python model (phoenix_postprocess, phoenix_retrieval, and the GPU "
+                          "targets' phoenix_pipeline): each handles one execution at a time. Default: --instances")
+    rep.add_argument("--engine-cache", default=repo.DEFAULT_ENGINE_CACHE, metavar="DIR",
+                     help="gpu-onnxruntime --ort-tensorrt: the folder ONNX Runtime keeps its TensorRT engines in, in the "
+                          "serving container (must exist and be writable there; deploy/kubernetes mounts a volume)")
     rep.add_argument("--ort-tensorrt", action="store_true",
                      help="gpu-onnxruntime: ONNX Runtime's TensorRT accelerator, with profiles from the limits and an "
                           "engine cache")
@@ -453,6 +462,9 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
     """The command line -> the plain option records the library functions take (checked here, once)."""
     if args.vocab < 2:
         p.error(f"--vocab must be at least 2 (row 0 is padding), got {args.vocab}")
+    for opt in ("instances", "python_instances"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
+            p.error(f"--{opt.replace('_', '-')} must be at least 1, got {getattr(args, opt)}")
     for opt in ("checkpoint", "retrieval_checkpoint", "tables", "extra_features", "corpus_file"):
         value = getattr(args, opt)
         if value and not Path(value).is_file():
@@ -462,7 +474,11 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
     if unknown:
         p.error(f"--engines: unknown engine(s) {unknown}; choose from {', '.join(ENGINE_CHOICES)} (comma list)")
     try:
-        sizes = tuple(int(x) for x in args.candidate_sizes.split(",") if x.strip())
+        sizes = tuple(int(x) for x in args.candidate_sizes.split(",") if x.strip()) or \
+            repo.default_candidate_sizes(args.target, args.max_candidates)
+        repo.check_image(args.target, args.retrieval_index)
+        if args.target == "gpu-python" and "auto" not in kinds:     # the image runs the engine it will serve
+            repo.python_engine_kind(args.target, {"onnx", *(ARTIFACT_KIND[k] for k in kinds)}, args.python_engine)
         extra = features_from_json(json.loads(Path(args.extra_features).read_text())) if args.extra_features else ()
         weights = {}
         for item in args.weight:
@@ -481,9 +497,13 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
     source = ModelSource(args.preset, args.release, args.precision, args.artifacts, args.checkpoint,
                          args.retrieval_checkpoint, args.tables, args.vocab, args.seed, args.history_attention,
                          args.right_anchored_rope, extra, not args.no_towers)
-    opts = repo.RepositoryOptions(args.target, limits, args.queue_delay_us, args.instances, args.python_engine,
-                                  args.ort_tensorrt, args.corpus, args.corpus_file, args.top_k, args.retrieval_index,
-                                  weights)
+    instances = args.instances if args.instances is not None else 1 if args.target == "cpu" else 2
+    opts = repo.RepositoryOptions(
+        target=args.target, limits=limits, queue_delay_us=args.queue_delay_us, instances=instances,
+        python_instances=args.python_instances if args.python_instances is not None else instances,
+        engine_cache=args.engine_cache,
+        python_engine=args.python_engine, ort_tensorrt=args.ort_tensorrt, corpus_size=args.corpus,
+        corpus_file=args.corpus_file, top_k=args.top_k, retrieval_index=args.retrieval_index, weights=weights)
     trt = TensorRTOptions(args.trt_profile, args.trt_workspace_gb, args.trt_timing_cache, args.trt_version_compatible,
                           args.trt_hardware_compatible)
     return source, opts, EngineOptions(kinds, args.aoti_device, trt), BuildOptions(Path(args.output), args.opset)

@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import phoenix_runtime
 from export.tensorrt import default_profile
+from phoenix_runtime.engines import ARTIFACT_KIND, PACKAGE
 from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE,
                                       POSTPROCESS, RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact,
                                       client_config, model_path, sha256_file)
@@ -41,6 +42,13 @@ TARGETS = ("cpu", "gpu-tensorrt", "gpu-onnxruntime", "gpu-python")
 HOST_TARGETS = ("cpu", "gpu-python")            # a Python engine host gathers the hash rows itself
 PLATFORMS = {"gpu-tensorrt": ("tensorrt_plan", "tensorrt", "model.plan"),
              "gpu-onnxruntime": ("onnxruntime_onnx", "onnx", "model.onnx")}
+# The Python packages deploy/Dockerfile's image installs beside Triton's own (ENGINE_HOST=1: the engine host's
+# torch and tensorrt): what a GPU repository's Python models may import there. tests/test_deploy.py checks that the
+# Dockerfile installs exactly these.
+IMAGE_PACKAGES = frozenset({"numpy", "torch", "tensorrt"})
+# Where ONNX Runtime's TensorRT provider keeps its engines (the writable volume deploy/kubernetes mounts there,
+# PHOENIX_ENGINE_CACHE): a restarted server reuses them instead of rebuilding every profile at warm-up.
+DEFAULT_ENGINE_CACHE = "/var/cache/phoenix"
 PYTHON_SOURCE = {RANKER: "phoenix_ranker", RANKER_EMBEDDINGS: "phoenix_ranker", USER_TOWER: "phoenix_ranker",
                  CANDIDATE_TOWER: "phoenix_ranker", POSTPROCESS: "phoenix_postprocess", ENSEMBLE: "phoenix",
                  ENSEMBLE_EMBEDDINGS: "phoenix", PIPELINE: "phoenix_pipeline",
@@ -55,7 +63,9 @@ class RepositoryOptions:
     target: str = "cpu"
     limits: Limits = Limits()             # users, candidates, bytes, candidate sizes (history_len: the model's)
     queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
-    instances: int = 1
+    instances: int = 1                    # of each engine model (on GPU targets: per GPU)
+    python_instances: int = 1             # of each CPU Python model: postprocess, retrieval, the GPU pipeline
+    engine_cache: str = DEFAULT_ENGINE_CACHE   # the ORT TensorRT engine cache folder in the serving container
     python_engine: str | None = None      # engine kind of the Python host (default per target)
     ort_tensorrt: bool = False
     corpus_size: int = 1000               # synthetic corpus (seeded builds)
@@ -77,15 +87,41 @@ def graph_names(target: str, towers: bool) -> dict[str, str]:
 
 def python_engine_kind(target: str, built: set[str], requested: str | None) -> str:
     """The engine the Python host runs: as requested, else ONNX Runtime on CPU (export.build times the engines
-    built for the cpu target and serves the fastest), else the best built GPU engine."""
+    built for the cpu target and serves the fastest), else the best built GPU engine the deploy image can run
+    (tensorrt > aoti > torch); a gpu-python build with none of them is refused, naming the fix."""
     if requested:
-        return requested
+        kind = requested
+    elif target == "cpu":
+        kind = "onnxruntime"
+    else:
+        kind = next((k for k in ("tensorrt", "aoti", "torch") if ARTIFACT_KIND[k] in built), "onnxruntime")
+    if target == "gpu-python" and PACKAGE[kind] not in IMAGE_PACKAGES:
+        raise ValueError(f"--target gpu-python would serve the {kind} engine, whose package ({PACKAGE[kind]}) "
+                         f"deploy/Dockerfile's image does not install (it has {sorted(IMAGE_PACKAGES)}): build an "
+                         f"engine it runs (--engines tensorrt, aoti or torch), or serve ONNX with --target "
+                         f"gpu-onnxruntime (Triton's own ONNX Runtime backend)")
+    return kind
+
+
+def check_image(target: str, retrieval_index: str) -> None:
+    """A GPU repository must load in deploy/Dockerfile's image: ValueError naming what it lacks."""
+    if target != "cpu" and retrieval_index == "faiss" and "faiss" not in IMAGE_PACKAGES:
+        raise ValueError("--retrieval-index faiss on a GPU target needs faiss in the server image, which "
+                         "deploy/Dockerfile does not install: add faiss-cpu to its EXTRA_PIP_PACKAGES and to "
+                         "export.repository.IMAGE_PACKAGES, or keep the exact search")
+
+
+def default_candidate_sizes(target: str, max_candidates: int) -> tuple:
+    """The candidate counts a client pads to when the build names none: none on the cpu target (the Python engine
+    host batches any C); on GPU targets powers of two from 64 up to the limit, so that Triton's native backends
+    batch requests of different C (the padding is exact: hash-0 candidates)."""
     if target == "cpu":
-        return "onnxruntime"
-    for kind, artifact_kind in (("tensorrt", "tensorrt"), ("aoti", "aoti"), ("torch", "torch_export")):
-        if artifact_kind in built:
-            return kind
-    return "onnxruntime"
+        return ()
+    sizes, c = [], 64
+    while c < max_candidates:
+        sizes.append(c)
+        c *= 2
+    return (*sizes, max_candidates)
 
 
 # ---------------------------------------------------------------- records (the manifest's `served`)
@@ -200,7 +236,10 @@ def _warmup(inputs, candidates: int) -> mc.ModelWarmup:
     return w
 
 
-def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, gpu: bool = False) -> mc.ModelConfig:
+def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, gpu: bool = False,
+          engine: bool = False) -> mc.ModelConfig:
+    """`gpu`: instances on the GPU(s) (KIND_GPU); `engine`: a model that runs an engine (instances: --instances;
+    else --python-instances)."""
     platform = rec["backend"] != "python"
     cfg = mc.ModelConfig(name=name, max_batch_size=opts.limits.max_batch_size)
     if platform:
@@ -210,7 +249,7 @@ def _base(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int | None, g
     cfg.input.extend(_tensor(s, mc.ModelInput, platform, not platform) for s in rec["inputs"])
     cfg.output.extend(_tensor(s, mc.ModelOutput, platform, False) for s in rec["outputs"])
     kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-    cfg.instance_group.add(count=opts.instances if gpu or name in ENGINE_MODELS else 1, kind=kind)
+    cfg.instance_group.add(count=opts.instances if gpu or engine else opts.python_instances, kind=kind)
     cfg.dynamic_batching.max_queue_delay_microseconds = opts.queue_delay_us
     cfg.version_policy.latest.num_versions = 1
     if warmup_c is not None:
@@ -223,11 +262,15 @@ def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, 
     the sha256 of model.onnx)."""
     placed = placed or {}
     gpu = opts.target != "cpu"
-    cfg = _base(name, rec, opts, warmup_c if rec.get("graph", "").find("candidate_tower") < 0 else 1, gpu)
+    cfg = _base(name, rec, opts, warmup_c if rec.get("graph", "").find("candidate_tower") < 0 else 1, gpu, True)
     if rec["backend"] == "tensorrt_plan":
-        cfg.default_model_filename = "model.plan"
-        for cc, filename in sorted(placed.get("plans", {}).items()):   # one plan per GPU compute capability
+        plans = placed.get("plans", {})
+        for cc, filename in sorted(plans.items()):   # one plan per GPU compute capability
             cfg.cc_model_filenames[cc] = filename
+        # any other GPU: the newest capability's plan (a plan runs only on the capability it was built for, unless
+        # built --trt-hardware-compatible)
+        cfg.default_model_filename = plans[max(plans, key=lambda cc: tuple(map(int, cc.split("."))))] if plans \
+            else PLATFORMS["gpu-tensorrt"][2]
     elif rec["backend"] == "onnxruntime_onnx":
         cfg.default_model_filename = "model.onnx"
         if opts.ort_tensorrt:
@@ -235,7 +278,7 @@ def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, 
             acc.parameters["precision_mode"] = "FP32"
             acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
             acc.parameters["trt_engine_cache_enable"] = "1"             # no rebuild per new shape after a restart
-            acc.parameters["trt_engine_cache_path"] = ort_trt_cache_path(placed.get("onnx_sha256"))
+            acc.parameters["trt_engine_cache_path"] = ort_trt_cache_path(opts.engine_cache, placed.get("onnx_sha256"))
             profile = default_profile(opts.limits)   # the B and C ranges of our own TensorRT plans (export/tensorrt.py)
             for i, corner in enumerate(("min", "opt", "max")):
                 acc.parameters[f"trt_profile_{corner}_shapes"] = _profile(rec["inputs"], profile["B"][i],
@@ -243,12 +286,14 @@ def engine_config(name: str, rec: dict, opts: RepositoryOptions, warmup_c: int, 
     return cfg
 
 
-def ort_trt_cache_path(sha: str | None) -> str:
-    """ONNX Runtime's TensorRT engine cache of one graph file. ORT names a cached engine after the model's file
-    name and graph structure, not its weights, so a rebuilt `model.onnx` with new weights would load the old
-    engine: one folder per ONNX file content (its sha256, from place_platform_engines). One level under
-    /tmp: ORT creates only the last folder of the path."""
-    return f"/tmp/phoenix_ort_trt_cache_{sha[:16]}" if sha else "/tmp/phoenix_ort_trt_cache"
+def ort_trt_cache_path(root: str, sha: str | None) -> str:
+    """ONNX Runtime's TensorRT engine cache of one graph file, under `root` (the serving container's writable,
+    persisted volume: deploy/kubernetes mounts one at DEFAULT_ENGINE_CACHE). ORT names a cached engine after the
+    model's file name and graph structure, not its weights, so a rebuilt `model.onnx` with new weights would load
+    the old engine: one folder per ONNX file content (its sha256, from place_platform_engines), one level under
+    `root` (ORT creates only the last folder of the path, so `root` must exist). Each model's instances share its
+    folder; the volume is per pod (deploy/kubernetes/deployment.yaml says why), so no other server writes there."""
+    return f"{root.rstrip('/')}/ort_trt_{sha[:16] if sha else 'graph'}"
 
 
 def _profile(inputs: list[dict], b: int, c: int) -> str:
@@ -294,9 +339,10 @@ def configs(served: dict, opts: RepositoryOptions, warmup_c: int,
            for name in ENGINE_MODELS if name in served}
     out[POSTPROCESS] = _base(POSTPROCESS, served[POSTPROCESS], opts, None)
     out[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds = 0
+    in_process_gpu = opts.target == "gpu-python"    # models that run their engines in-process, on the GPU there
     for name, engine in ((ENSEMBLE, RANKER), (ENSEMBLE_EMBEDDINGS, RANKER_EMBEDDINGS)):
         if name in served:          # the Python-host targets: engine and scoring in one process
-            out[name] = _base(name, served[name], opts, warmup_c)
+            out[name] = _base(name, served[name], opts, warmup_c, in_process_gpu, True)
         else:
             out[name] = ensemble_config(name, out[engine], out[POSTPROCESS])
     if RETRIEVAL in served:
@@ -304,7 +350,9 @@ def configs(served: dict, opts: RepositoryOptions, warmup_c: int,
         out[RETRIEVAL] = _base(RETRIEVAL, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, None)
     if PIPELINE in served:
         rec = served[PIPELINE]
-        out[PIPELINE] = _base(PIPELINE, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, 1)
+        host = opts.target in HOST_TARGETS          # its engines in-process; else called through Triton (CPU model)
+        out[PIPELINE] = _base(PIPELINE, {**rec, "inputs": rec["inputs"] + rec["request_inputs"]}, opts, 1,
+                              in_process_gpu, host)
     return out
 
 
@@ -346,9 +394,11 @@ def write_python_models(stage: Path, served: dict) -> list[Artifact]:
 
 
 def place_platform_engines(stage: Path, served: dict, artifacts: list[Artifact], target: str) -> dict[str, dict]:
-    """Platform backends read `<model>/1/model.onnx|.plan`: copy the engines there. Returns, per model, what its
-    config needs: {"plans": {compute capability: file name}} (cc_model_filenames) or {"onnx_sha256": ...} (the
-    ORT TensorRT engine cache's key)."""
+    """Platform backends read `<model>/1/model.onnx` or `model.sm<cc>.plan`: each engine is renamed to that name in
+    its model's folder (one file per engine, no copy; an ONNX file's external data keeps its name, which the graph
+    records) and its artifact record follows. Returns, per model, what its config needs: {"plans": {compute
+    capability: file name}} (cc_model_filenames; the newest is the default file) or {"onnx_sha256": ...} (the ORT
+    TensorRT engine cache's key)."""
     if target not in PLATFORMS:
         return {}
     _, kind, filename = PLATFORMS[target]
@@ -361,17 +411,15 @@ def place_platform_engines(stage: Path, served: dict, artifacts: list[Artifact],
             raise ValueError(f"target {target} needs a {kind} artifact for {rec['graph']}; it was not built "
                              f"(see --engines)")
         for a in found:
-            src = stage / a.path
             dst_name = filename if kind == "onnx" else f"model.sm{a.info['compute_capability'].replace('.', '')}.plan"
-            dst = stage / model_path(name, dst_name)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-            for extra in a.files:
-                if extra.endswith(".data"):
-                    shutil.copy2(src.parent / extra, dst.parent / extra)
+            dst = model_path(name, dst_name)
+            if Path(a.path).parent != Path(dst).parent:
+                raise ValueError(f"{a.path}: an engine of {name} must be built in its folder {Path(dst).parent}")
+            if a.path != dst:
+                (stage / a.path).rename(stage / dst)
+                a.path = dst
             if kind == "onnx":
-                placed[name] = {"onnx_sha256": a.sha256 or sha256_file(src)}
-            if kind == "tensorrt":
+                placed[name] = {"onnx_sha256": a.sha256 or sha256_file(stage / dst)}
+            else:
                 placed.setdefault(name, {"plans": {}})["plans"][a.info["compute_capability"]] = dst_name
-                shutil.copy2(src, stage / model_path(name, filename))    # default_model_filename
     return placed

@@ -26,6 +26,8 @@ from .manifest import find_artifact, read_manifest
 from .request import RequestError, check_shapes
 
 KINDS = ("onnxruntime", "torch", "torch_compile", "aoti", "tensorrt")
+PACKAGE = {"onnxruntime": "onnxruntime", "torch": "torch", "torch_compile": "torch", "aoti": "torch",
+           "tensorrt": "tensorrt"}       # the Python package an engine kind runs with
 ARTIFACT_KIND = {"onnxruntime": "onnx", "torch": "torch_export", "torch_compile": "torch_export", "aoti": "aoti",
                  "tensorrt": "tensorrt"}
 
@@ -37,6 +39,12 @@ class EngineUnavailable(RuntimeError):
 def device_index(device: str) -> int:
     """"cuda:2" -> 2, "cuda" -> 0."""
     return int(device.split(":")[1]) if ":" in device else 0
+
+
+def as_tensor(torch, value):
+    """A torch tensor of `value` where it already is (a CUDA tensor stays on its device: no host copy), else of
+    its numpy array (no copy on the CPU)."""
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(to_numpy(value)))
 
 
 def to_numpy(value) -> np.ndarray:
@@ -139,7 +147,7 @@ class TorchEngine(Engine):
 
     def run(self, feed):
         torch = self.torch
-        args = [torch.as_tensor(to_numpy(feed[n])).to(self.device) for n in self.input_names]
+        args = [as_tensor(torch, feed[n]).to(self.device) for n in self.input_names]
         with torch.inference_mode():
             outs = self.module(*args)
         return {n: to_numpy(o) for n, o in zip(self.output_names, outs)}
@@ -172,7 +180,7 @@ class AotiEngine(Engine):
 
     def run(self, feed: dict) -> dict:
         torch = self.torch
-        args = [torch.as_tensor(to_numpy(feed[n])).to(device=self.device, dtype=self.dtypes[n]).contiguous()
+        args = [as_tensor(torch, feed[n]).to(device=self.device, dtype=self.dtypes[n]).contiguous()
                 for n in self.input_names]
         with torch.no_grad():
             outs = self.compiled(*args)
@@ -215,7 +223,7 @@ class PlanRunner:
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             for name in self.input_names:
-                t = torch.as_tensor(to_numpy(feeds[name])) if not isinstance(feeds[name], torch.Tensor) else feeds[name]
+                t = as_tensor(torch, feeds[name])
                 t = t.to(device=self.device, dtype=self.dtypes[name], non_blocking=True).contiguous()
                 if not self.context.set_input_shape(name, tuple(t.shape)):
                     raise RequestError(f"input {name!r} has shape {tuple(t.shape)}, outside the plan's optimization "

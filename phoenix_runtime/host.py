@@ -9,8 +9,10 @@ For each call:
 2. absent optional inputs (the May IP hashes, dwell, timestamps) become their zero value;
 3. requests that differ only in B and C share one engine call (`batching`: candidates padded with hash 0,
    exact thanks to candidate isolation);
-4. hashed inputs become their rows of the memory-mapped tables (hash 0 = the zero padding row); the table
-   pages are made resident when the host opens, so no request waits for a page fault;
+4. hashed inputs become their rows of the tables (hash 0 = the zero padding row): on the CPU the tables are
+   memory-mapped and their pages made resident when the host opens, so no request waits for a page fault; on a
+   GPU (the gpu-python target) the tables live on that GPU and the rows are gathered there, so a request moves
+   only its hashes to the device, never its embeddings;
 5. the engine runs, and each request gets its own rows and candidate count back.
 
 Standard library and numpy only (the engine's runtime is imported by `engines` when it opens): part of
@@ -50,17 +52,22 @@ class EngineHost:
 
     @classmethod
     def open(cls, root, manifest: dict, name: str, device: str = "cpu", as_model: str | None = None,
-             extra_inputs: tuple = ()) -> "EngineHost":
-        """The host of served model `name` of the repository at `root` (tables mapped and made resident).
-        `as_model`: the served model it answers for (errors name it); `extra_inputs`: specs of inputs it checks
-        with the engine's but does not feed to it (the scoring facts of a model that also scores)."""
+             extra_inputs: tuple = (), device_tables: bool | None = None) -> "EngineHost":
+        """The host of served model `name` of the repository at `root`. `as_model`: the served model it answers
+        for (errors name it); `extra_inputs`: specs of inputs it checks with the engine's but does not feed to it
+        (the scoring facts of a model that also scores); `device_tables` (default: on a GPU): the tables as torch
+        tensors on `device`, gathered there; else memory-mapped and made resident."""
         root = Path(root)
         rec = manifest["served"][name]
         kind = rec["engine"]
         artifact = find_artifact(manifest, rec["graph"], engines.ARTIFACT_KIND[kind], device)
         engine = engines.open_engine(artifact, root, device, kind)
         specs = manifest["tables"].get(rec.get("tables"), {}) if rec.get("lookups") else {}
-        tables = {e: resident(np.load(root / t["path"], mmap_mode="r")) for e, t in specs.items()}
+        if device_tables if device_tables is not None else device.startswith("cuda"):
+            import torch
+            tables = {e: torch.from_numpy(np.load(root / t["path"])).to(device) for e, t in specs.items()}
+        else:
+            tables = {e: resident(np.load(root / t["path"], mmap_mode="r")) for e, t in specs.items()}
         return cls(as_model or name, rec, engine, tables, Limits.from_dict(manifest["limits"]), tuple(extra_inputs))
 
     def complete(self, arrays: dict) -> dict:
@@ -113,7 +120,13 @@ class EngineHost:
         """Checked arrays -> the engine's outputs (hashed inputs gathered into their rows first)."""
         feed = dict(arrays)
         for emb, (hashes, entity) in self.lookups.items():
-            feed[emb] = np.take(self.tables[entity], feed[hashes], axis=0)
+            table = self.tables[entity]
+            if isinstance(table, np.ndarray):
+                feed[emb] = np.take(table, feed[hashes], axis=0)
+            else:   # a torch tensor on the engine's device: only the hashes cross to it
+                import torch
+                index = torch.from_numpy(np.ascontiguousarray(feed[hashes])).to(table.device, non_blocking=True)
+                feed[emb] = table[index]
         out = self.engine({n: feed[n] for n in self.engine.input_names})
         errors = out.get("input_error")
         if errors is not None and errors.any():   # the graph's own range check (never reached after check_request)

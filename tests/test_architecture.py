@@ -165,3 +165,16 @@ def test_a_fresh_clone_alone_passes_the_golden_tests(tmp_path):
     cli = subprocess.run([sys.executable, "-m", "phoenix_torch.golden", *files], cwd=clone, env=env,
                          capture_output=True, text=True, timeout=600)
     assert cli.returncode == 0 and "golden: all ok" in cli.stdout, cli.stdout[-2000:]
+
+
+def test_every_model_source_the_build_copies_is_committed():
+    """triton_repo/ is mostly build output (git-ignored): each model.py the build copies must be tracked, or a fresh
+    clone cannot build."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    from export.repository import PYTHON_SOURCE, SOURCES
+
+    tracked = set(subprocess.run(["git", "ls-files", "triton_repo"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    needed = {str((SOURCES / folder / "1" / "model.py").relative_to(ROOT)) for folder in PYTHON_SOURCE.values()}
+    assert needed <= tracked, f"not committed: {sorted(needed - tracked)}"

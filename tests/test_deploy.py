@@ -30,6 +30,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+from export.repository import DEFAULT_ENGINE_CACHE, IMAGE_PACKAGES
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,7 @@ FILES = ["Dockerfile", "Dockerfile.dockerignore", "build_plans.sh", "trt_version
 PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002, "health": 8003}
 CLIENT_PORTS = ("http", "grpc")
 CLIENT_LABEL = "phoenix.x/client"                  # networkpolicy.yaml: pods that may call the inference ports
-ENGINE_CACHE = "/var/cache/phoenix"                # PHOENIX_ENGINE_CACHE: ONNX Runtime's TensorRT engine cache
+ENGINE_CACHE = DEFAULT_ENGINE_CACHE               # PHOENIX_ENGINE_CACHE: ONNX Runtime's TensorRT engine cache
 ADMIN_SECRET, ADMIN_SECRET_KEY = "phoenix-admin-key", "admin-key"   # PHOENIX_ADMIN_KEY's Secret and key
 ADMIN_KEY_FILE = "admin-key.env"                   # the operator's file for kustomize's secretGenerator
 TRITON_EXIT_TIMEOUT_DEFAULT = 30                   # tritonserver --exit-timeout-secs when not given
@@ -518,9 +520,19 @@ def test_python_backend_dependencies():
     assert "EXECUTION_ENV_PATH" in DOCKERFILE.read_text(), "say why a pip layer and not EXECUTION_ENV_PATH"
 
 
+def test_the_builds_list_of_image_packages_is_what_the_image_installs():
+    """export.build refuses a GPU repository whose Python models import a package the image lacks (issue 26: a
+    gpu-python build that would serve ONNX Runtime): its list must be what the Dockerfile installs."""
+    runs = " ".join(rest for word, rest in instructions() if word == "RUN")
+    engine = re.sub(r"\$\{(\w+)\}", lambda m: pins()[m.group(1)], re.search(r'1\) engine="([^"]*)"', runs).group(1))
+    installed = {Requirement(r).name for r in ["numpy>=1.24,<2", *engine.split()]}
+    assert installed == set(IMAGE_PACKAGES)
+    assert not pins().get("EXTRA_PIP_PACKAGES"), "extras are the operator's; the build assumes none"
+
+
 def test_image_holds_no_project_code():
-    """The repository is self-contained (export.build copies phoenix_export/ and phoenix_serving/ next to
-    each model.py): the image must not shadow those with another copy of the project. It copies two stdlib-only
+    """The repository is self-contained (export.build copies phoenix_runtime/ next to each model.py): the image
+    must not shadow it with another copy of the project. It copies two stdlib-only
     scripts: the TensorRT pin check and the supervisor that is its entry point."""
     copied = [rest for word, rest in instructions() if word in ("COPY", "ADD")]
     assert copied == ["deploy/trt_version.py /opt/phoenix/trt_version.py",

@@ -193,7 +193,9 @@ def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
     for name in (POSTPROCESS, RETRIEVAL, PIPELINE):
         cfg = configs[name]
         assert cfg.backend == "python"
-        assert [g.kind for g in cfg.instance_group] == [mc.ModelInstanceGroup.KIND_CPU], "numpy models stay on CPU"
+        on_gpu = name == PIPELINE and target == "gpu-python"     # its engines run in-process there
+        want = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+        assert [g.kind for g in cfg.instance_group] == [want], "numpy models stay on CPU"
     assert configs[POSTPROCESS].dynamic_batching.max_queue_delay_microseconds == 0
     # phoenix_retrieval takes the user tower's inputs unchanged, plus its own optional ones
     retrieval = {i.name: (i.data_type, list(i.dims)) for i in configs[RETRIEVAL].input if not i.optional}
@@ -202,7 +204,7 @@ def test_every_config_parses_and_both_ensembles_are_consistent(built, target):
 
     if target == "gpu-tensorrt":
         for name in ENGINE_MODELS:
-            assert configs[name].default_model_filename == "model.plan"
+            assert configs[name].default_model_filename == "model.sm90.plan", "the newest capability's plan"
             assert dict(configs[name].cc_model_filenames) == PLANS[name]
     elif target == "gpu-onnxruntime":
         assert all(configs[n].default_model_filename == "model.onnx" for n in ENGINE_MODELS)
@@ -215,7 +217,7 @@ def test_configs_name_no_paths(built, target):
         text = text_format.MessageToString(cfg)
         assert str(repo.PROJECT_ROOT) not in text and "/home/" not in text, name
         paths = re.findall(r'"(/[^"]*)"', text)
-        assert all(p.startswith("/tmp/phoenix_ort_trt_cache") for p in paths), f"{name}: {paths}"
+        assert all(p.startswith(repo.DEFAULT_ENGINE_CACHE + "/") for p in paths), f"{name}: {paths}"
 
 
 # ------------------------------------------------------------------------------------------ the checker itself
@@ -287,6 +289,49 @@ def test_options_reach_the_configs(built):
     cpu = make_configs(built, "cpu", instances=2)
     assert [g.count for g in cpu[RANKER].instance_group] == [2]
     assert not cpu[RANKER].optimization.HasField("execution_accelerators")
+    more = make_configs(built, "gpu-tensorrt", instances=2, python_instances=3)
+    assert {n: more[n].instance_group[0].count for n in (RANKER, POSTPROCESS, RETRIEVAL, PIPELINE)} == \
+        {RANKER: 2, POSTPROCESS: 3, RETRIEVAL: 3, PIPELINE: 3}
+    gpu_python = make_configs(built, "gpu-python")
+    for name in (RANKER, ENSEMBLE, PIPELINE):     # these run an engine in-process: on the GPU
+        assert gpu_python[name].instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU, name
+    assert gpu_python[POSTPROCESS].instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+
+
+def test_the_command_lines_defaults_per_target():
+    """Issue 26: GPU targets default to two instances per engine (copies of one overlap the other's compute) and
+    to fixed candidate sizes (Triton's native backends batch requests of equal shape only); cpu to one instance
+    and any C; --python-instances follows --instances; nothing below 1."""
+    p = build.parser()
+
+    def opts(*argv):
+        return build.options_from(p.parse_args(list(argv)), p)[1]
+    cpu, gpu = opts(), opts("--target", "gpu-onnxruntime")
+    assert (cpu.instances, cpu.python_instances, cpu.limits.candidate_sizes) == (1, 1, ())
+    assert (gpu.instances, gpu.python_instances) == (2, 2)
+    assert gpu.limits.candidate_sizes == (64, 128, 256, 512, 1024)
+    assert opts("--target", "gpu-onnxruntime", "--max-candidates", "300").limits.candidate_sizes == (64, 128, 256, 300)
+    assert opts("--target", "gpu-onnxruntime", "--candidate-sizes", "16,1024").limits.candidate_sizes == (16, 1024)
+    assert opts("--instances", "3").python_instances == 3
+    with pytest.raises(SystemExit):
+        opts("--instances", "0")
+
+
+def test_a_gpu_python_build_the_image_cannot_serve_is_refused_naming_the_fix(capsys):
+    """Issue 26: deploy/Dockerfile's image has torch and tensorrt, no onnxruntime-gpu: a gpu-python build that
+    would serve ONNX Runtime (only .onnx built) exits 2 in seconds, before any export, saying what to build."""
+    with pytest.raises(SystemExit) as e:
+        build.main(["--target", "gpu-python", "--preset", "demo", "--output", "/nonexistent/never"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "onnxruntime" in err and "--engines tensorrt, aoti or torch" in err and "gpu-onnxruntime" in err
+    assert repo.python_engine_kind("gpu-python", {"onnx", "aoti", "tensorrt"}, None) == "tensorrt"
+    assert repo.python_engine_kind("gpu-python", {"onnx", "torch_export"}, None) == "torch"
+    with pytest.raises(ValueError, match="does not install"):
+        repo.python_engine_kind("gpu-python", {"onnx", "aoti"}, "onnxruntime")
+    with pytest.raises(SystemExit):
+        build.main(["--target", "gpu-onnxruntime", "--retrieval-index", "faiss", "--output", "/nonexistent/never"])
+    assert "faiss" in capsys.readouterr().err
 
 
 def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
@@ -308,8 +353,9 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
         assert params["trt_engine_cache_enable"] in ("1", "true")
         cache = params["trt_engine_cache_path"]
         sha = placed[name]["onnx_sha256"]
-        assert cache == repo.ort_trt_cache_path(sha) and sha[:16] in cache
-        assert Path(cache).parent == Path("/tmp"), "ONNX Runtime creates only the last folder of the cache path"
+        assert cache == repo.ort_trt_cache_path(opts.engine_cache, sha) and sha[:16] in cache
+        assert Path(cache).parent == Path(repo.DEFAULT_ENGINE_CACHE), \
+            "the persisted volume; ONNX Runtime creates only the last folder of the cache path"
         inputs = served[name]["inputs"]
         for i, corner in enumerate(("min", "opt", "max")):
             text = params[f"trt_profile_{corner}_shapes"]
@@ -318,36 +364,41 @@ def test_ort_tensorrt_accelerator_has_profiles_and_an_engine_cache(built):
             for s in inputs:
                 want = resolve_shape(s["shape"], {"B": profile["B"][i], "C": profile["C"][i]})
                 assert tuple(int(d) for d in shapes[s["name"]].split("x")) == want, f"{name}.{s['name']} {corner}"
-    caches = {repo.ort_trt_cache_path(placed[n]["onnx_sha256"]) for n in ENGINE_MODELS}
+    caches = {repo.ort_trt_cache_path(opts.engine_cache, placed[n]["onnx_sha256"]) for n in ENGINE_MODELS}
     assert len(caches) == len(ENGINE_MODELS), "one cache folder per ONNX file"
     without = repo.configs(served_records(built, options("gpu-onnxruntime")), options("gpu-onnxruntime"), 8)
     assert not without[RANKER].optimization.HasField("execution_accelerators"), "opt-in only"
 
 
 def test_place_platform_engines_returns_the_onnx_sha256(built, tmp_path):
-    """gpu-onnxruntime: each model.onnx is copied in place; its sha256 (the ORT TensorRT cache's key) is returned
-    for the configs, not written into the served records."""
+    """gpu-onnxruntime: each graph is renamed to model.onnx in its folder (one graph file per model, its external
+    data left under the name the graph records) and its artifact follows; its sha256 (the ORT TensorRT cache's
+    key) is returned for the configs, not written into the served records."""
     opts = options("gpu-onnxruntime")
     served = served_records(built, opts)
     artifacts = []
     for name, rec in served.items():
         if name in ENGINE_MODELS:
-            src = tmp_path / "graphs" / f"{rec['graph']}.onnx"
-            src.parent.mkdir(exist_ok=True)
+            src = tmp_path / model_path(name, f"{rec['graph']}.onnx")
+            src.parent.mkdir(parents=True, exist_ok=True)
             src.write_bytes(rec["graph"].encode())
-            artifacts.append(Artifact(f"{rec['graph']}_onnx", rec["graph"], "onnx", str(src.relative_to(tmp_path)))
-                             .with_file_info(tmp_path))
+            (src.parent / f"{rec['graph']}.onnx.data").write_bytes(b"weights")
+            artifacts.append(Artifact(f"{rec['graph']}_onnx", rec["graph"], "onnx", str(src.relative_to(tmp_path)),
+                                      files=[f"{rec['graph']}.onnx.data"]).with_file_info(tmp_path))
     before = json.dumps(served, sort_keys=True)
     placed = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
     assert json.dumps(served, sort_keys=True) == before
-    for name in ENGINE_MODELS:
-        assert (tmp_path / model_path(name, "model.onnx")).read_bytes() == served[name]["graph"].encode()
-        assert placed[name] == {"onnx_sha256": sha256_file(tmp_path / model_path(name, "model.onnx"))}
+    for name, art in zip([n for n in served if n in ENGINE_MODELS], artifacts):
+        folder = tmp_path / model_path(name, "")
+        assert sorted(p.name for p in folder.iterdir()) == sorted(["model.onnx", f"{served[name]['graph']}.onnx.data"])
+        assert (folder / "model.onnx").read_bytes() == served[name]["graph"].encode()
+        assert art.path == model_path(name, "model.onnx") and all((tmp_path / p).is_file() for p in art.all_paths())
+        assert placed[name] == {"onnx_sha256": sha256_file(folder / "model.onnx")}
 
 
 def test_one_plan_per_compute_capability(built, tmp_path):
-    """gpu-tensorrt: every plan is placed as model.sm<cc>.plan and mapped by cc_model_filenames; model.plan is
-    the default for any other GPU."""
+    """gpu-tensorrt: every plan is renamed model.sm<cc>.plan in its folder and mapped by cc_model_filenames; the
+    newest capability's plan is the default file for any other GPU (no copy)."""
     opts = options("gpu-tensorrt")
     served = served_records(built, opts)
     artifacts = []
@@ -355,8 +406,8 @@ def test_one_plan_per_compute_capability(built, tmp_path):
         if name not in ENGINE_MODELS:
             continue
         for cc in ("8.0", "9.0"):
-            path = tmp_path / "plans" / f"{rec['graph']}.sm{cc.replace('.', '')}.plan"
-            path.parent.mkdir(exist_ok=True)
+            path = tmp_path / model_path(name, f"{rec['graph']}.sm{cc.replace('.', '')}.plan")
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(f"{rec['graph']} {cc}".encode())
             artifacts.append(Artifact(f"{rec['graph']}_tensorrt_{cc}", rec["graph"], "tensorrt",
                                       str(path.relative_to(tmp_path)), device="cuda",
@@ -364,12 +415,12 @@ def test_one_plan_per_compute_capability(built, tmp_path):
     placed = repo.place_platform_engines(tmp_path, served, artifacts, opts.target)
     assert placed == PLACED
     for name in ENGINE_MODELS:
+        assert sorted(p.name for p in (tmp_path / model_path(name, "")).iterdir()) == sorted(PLANS[name].values())
         for cc, filename in PLANS[name].items():
             assert (tmp_path / model_path(name, filename)).read_bytes() == f"{served[name]['graph']} {cc}".encode()
-        assert (tmp_path / model_path(name, "model.plan")).is_file()
     cfg = roundtrip(repo.configs(served, opts, 8, placed)[RANKER])
     assert dict(cfg.cc_model_filenames) == {"8.0": "model.sm80.plan", "9.0": "model.sm90.plan"}
-    assert cfg.default_model_filename == "model.plan"
+    assert cfg.default_model_filename == "model.sm90.plan"
     with pytest.raises(ValueError, match="tensorrt artifact"):
         repo.place_platform_engines(tmp_path, served, [], opts.target)
 

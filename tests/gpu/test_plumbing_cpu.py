@@ -59,6 +59,13 @@ class InferenceResponse:
         return self.error_
 
 
+class Request(dict):
+    """A request: its input tensors by name; it asks for every output."""
+
+    def requested_output_names(self):
+        return []
+
+
 class PreferredMemory:
     def __init__(self, kind, device_id):
         self.kind, self.device_id = kind, device_id
@@ -81,6 +88,9 @@ def fake_pb_utils(tower_output=None, preferred_memory=True) -> types.ModuleType:
 
         def exec(self):
             return InferenceResponse([Tensor("user_representation", tower_output)])
+
+        async def async_exec(self):
+            return self.exec()
 
     pb.InferenceRequest = InferenceRequest
     return pb
@@ -179,7 +189,9 @@ def test_torch_program_is_moved_to_gpu_n(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------ retrieval's BLS call
 
 def retrieval_repo(root: Path) -> Path:
-    rec = {"backend": "python", "inputs": [USER], "top_k": 3, "index": "exact", "corpus_rows": 5}
+    rec = {"backend": "python", "inputs": [USER], "top_k": 3, "index": "exact", "corpus_rows": 5,
+           "request_inputs": [{"name": "corpus_mask", "dtype": "bool", "shape": ["B", "N"], "optional": True},
+                              {"name": "top_k", "dtype": "int32", "shape": ["B", 1], "optional": True}]}
     write_test_manifest(root, {RETRIEVAL: rec}, [])
     folder = root / RETRIEVAL / "1"
     folder.mkdir(parents=True)
@@ -191,9 +203,11 @@ def retrieval_repo(root: Path) -> Path:
 
 def run_retrieval(monkeypatch, root: Path, pb) -> dict:
     model = load_model(monkeypatch, "phoenix_retrieval", pb).TritonPythonModel()
+    outputs = [{"name": n, "dims": [-1]} for n in ("top_k_indices", "top_k_post_ids", "top_k_author_ids",
+                                                    "top_k_scores", "user_representation")]
     model.initialize({"model_name": RETRIEVAL, "model_repository": str(root / RETRIEVAL),
-                      "model_version": "1"})
-    (response,) = model.execute([{"user_hashes": Tensor("user_hashes", np.array([[1, 2]], np.int64))}])
+                      "model_version": "1", "model_config": json.dumps({"output": outputs})})
+    (response,) = model.execute([Request(user_hashes=Tensor("user_hashes", np.array([[1, 2]], np.int64)))])
     assert not response.has_error(), response.error().message
     return {t.name(): t.as_numpy() for t in response.output_tensors}
 
@@ -228,3 +242,46 @@ def test_the_bundled_stub_knows_preferred_memory():
         pytest.skip(f"no bundled stub for this Python ({stub})")
     data = stub.read_bytes()
     assert b"PreferredMemory" in data and b"preferred_memory" in data and b"TRITONSERVER_MEMORY_CPU" in data
+
+
+# ------------------------------------------------------------------------------------------ gpu-python: gather on the device
+
+def test_the_engine_host_gathers_from_device_tables_like_from_mapped_ones(demo_repo):
+    """gpu-python keeps the hash tables as torch tensors on the instance's GPU and gathers the rows there: only
+    the hashes cross to the device. Checked here with tensors on the CPU: the same outputs as the memory-mapped
+    tables, and the engine is fed the gathered torch tensors, never numpy copies of the embeddings."""
+    from phoenix_runtime.host import EngineHost
+    from phoenix_runtime.manifest import read_manifest
+    from serving.cli import demo_request
+
+    manifest = read_manifest(demo_repo)
+    mapped = EngineHost.open(demo_repo, manifest, RANKER)
+    device = EngineHost.open(demo_repo, manifest, RANKER, device_tables=True)
+    assert all(isinstance(t, np.ndarray) for t in mapped.tables.values())
+    assert all(isinstance(t, torch.Tensor) for t in device.tables.values())
+    fed = []
+    engine = device.engine
+
+    class Spy:
+        input_names, inputs = engine.input_names, engine.inputs
+
+        def __call__(self, feed):
+            fed.append({n: type(v) for n, v in feed.items()})
+            return engine(feed)
+    device.engine = Spy()
+    rng = np.random.default_rng(5)
+    requests = []
+    for c in (3, 7):
+        arrays = {}
+        for s in mapped.inputs:
+            shape = [2 if d == "B" else c if d == "C" else d for d in s["shape"]]
+            high = s.get("high") or 2
+            arrays[s["name"]] = (rng.integers(0, high, shape) if s["dtype"] == "int64"
+                                 else (rng.random(shape) < 0.2)).astype(s["dtype"])
+        requests.append(arrays)
+    for want, got in zip(mapped.run(requests), device.run(requests)):
+        assert set(want) == set(got)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    gathered = [emb for emb in device.lookups]
+    assert fed and all(f[emb] is torch.Tensor for f in fed for emb in gathered)
