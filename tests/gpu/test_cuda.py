@@ -119,3 +119,26 @@ def test_tensorrt_plan_matches_onnxruntime(specs, tmp_path):
     engine, reference = open_engine(plan.to_dict(), tmp_path, "cuda:0"), open_engine(onnx.to_dict(), tmp_path, "cpu")
     feed = {n: v.numpy() for n, v in spec.random_inputs({"B": 3, "C": 11}, seed=7).items()}
     check_parity(engine(feed), reference(feed), spec.output_names, spec.precision, "TensorRT vs ONNX Runtime")
+
+
+def test_the_gpu_engine_host_gathers_on_the_device_like_on_the_host(tmp_path):
+    """gpu-python (issue 26): the engine host on cuda:0 keeps the tables on the GPU and gathers there; the same
+    answers as gathering from the memory-mapped tables on the host."""
+    from export import build
+    from phoenix_runtime.host import EngineHost
+
+    repo = tmp_path / "gpu"
+    assert build.main([*BUILD, "--target", "gpu-python", "--engines", "torch", "--no-towers",
+                       "--output", str(repo)]) == 0
+    manifest = read_manifest(repo)
+    device = EngineHost.open(repo, manifest, RANKER, "cuda:0")
+    host = EngineHost.open(repo, manifest, RANKER, "cuda:0", device_tables=False)
+    assert all(t.is_cuda for t in device.tables.values()) and all(isinstance(t, np.ndarray) for t in host.tables.values())
+    rng = np.random.default_rng(3)
+    arrays = {s["name"]: (rng.integers(0, s.get("high") or 2, [3 if d == "B" else 9 if d == "C" else d
+                                                               for d in s["shape"]])).astype(s["dtype"])
+              for s in host.inputs if not s.get("optional")}
+    arrays["history_actions"] = (arrays["history_actions"] > 0).astype(np.float32)
+    (want,), (got,) = host.run([arrays]), device.run([arrays])
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], atol=TOLERANCE["fp32"], rtol=0, err_msg=name)
