@@ -340,6 +340,12 @@ class PhoenixClient:
         served corpus and their scores. Raw ids in (the server hashes them with each model's constants); out:
         top_k_post_ids, top_k_author_ids, top_k_scores (retrieval), probs [K, A], home-mixer's named scores,
         weighted_score, final_score and ranking, pipeline_score and pipeline_ranking (run_pipeline.py's)."""
+        arrays = self.pipeline_request(user_id, history, user, top_k, corpus_mask)
+        return {k: v[0] for k, v in self.infer(arrays, PIPELINE).items()}
+
+    def pipeline_request(self, user_id, history=(), user=None, top_k: int | None = None,
+                         corpus_mask=None) -> dict[str, np.ndarray]:
+        """The arrays of `pipeline`'s request (batch of one user), as phoenix_pipeline receives them."""
         specs = self.config.get("pipeline_inputs")
         if not specs:
             raise PhoenixServerError(f"the server has no {PIPELINE} model (built with --no-towers, or an older build)")
@@ -353,7 +359,7 @@ class PhoenixClient:
             arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
         if corpus_mask is not None:
             arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
-        return {k: v[0] for k, v in self.infer(arrays, PIPELINE).items()}
+        return arrays
 
     def infer(self, arrays: dict[str, np.ndarray], model: str | None = None) -> dict[str, np.ndarray]:
         """Send ready-made [B, ...] arrays as they are and return every output."""
