@@ -27,12 +27,18 @@ One run, one machine (a ratio between two machines, or two days of a shared one,
 
 Writes peer.json, peer.md and peer.png (the parts of one pipeline, ours and upstream's; pipelines/s against
 concurrency; mini 1x64) into --out. Without --upstream-* it measures ours and says the peer was not measured.
+
+The peer, set up outside the repository: a venv with `jax[cpu]==0.8.1 dm-haiku==0.0.17` (numpy 2 there is fine:
+it is not the serving environment), and upstream's May `phoenix/` folder (`git archive e414c17 phoenix` of a
+public x-algorithm mirror). `upstream_peer.py --dtype float32 --expect expected_pipeline_fp32.npz` on
+tests/golden/may/may_artifacts_mini checks that the peer's path reproduces upstream's own float32 run.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shlex
 import subprocess
 import sys
 import time
@@ -169,10 +175,11 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------ small helpers
 
 def quantiles(samples_s) -> dict:
-    """n, p50 / p90 / min in ms of samples in seconds."""
+    """n, p50 / p90 / min / mean in ms of samples in seconds."""
     a = np.asarray(samples_s, dtype=np.float64) * 1e3
     return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 3),
-            "p90_ms": round(float(np.percentile(a, 90)), 3), "min_ms": round(float(a.min()), 3)}
+            "p90_ms": round(float(np.percentile(a, 90)), 3), "min_ms": round(float(a.min()), 3),
+            "mean_ms": round(float(a.mean()), 3)}
 
 
 def _time(fn, runs: int, warmup: int = WARMUP) -> list[float]:
@@ -551,16 +558,17 @@ def render(result: dict) -> str:
 
 
 def served_split(result: dict) -> list[tuple[str, float | None]]:
-    """Where the served time goes beyond the in-process pipeline: (label, ms) at concurrency 1."""
+    """Where the served time goes beyond the in-process pipeline: (label, ms) at concurrency 1, from means (Triton's
+    statistics are means)."""
     pipe = (result.get("served") or {}).get("pipeline") or {}
-    proc = ((result.get("in_process") or {}).get("whole") or {}).get("p50_ms")
+    proc = ((result.get("in_process") or {}).get("whole") or {}).get("mean_ms")
     t = pipe.get("triton") or {}
-    client, server, infer = pipe.get("p50_ms"), t.get("server_ms"), t.get("compute_infer_ms")
+    client, server, infer = pipe.get("mean_ms"), t.get("server_ms"), t.get("compute_infer_ms")
     if None in (client, server, infer, proc):
         return []
-    return [("served: model.py beyond in process (Triton compute - in process)", infer - proc),
-            ("served: Triton queue + tensors in/out", server - infer),
-            ("served: gRPC + client (client p50 - Triton's time)", client - server)]
+    return [("served: model.py beyond in process (Triton compute - in process, means)", infer - proc),
+            ("served: Triton queue + tensors in/out (means)", server - infer),
+            ("served: gRPC + client (client - Triton, means)", client - server)]
 
 
 def plot(result: dict, path: Path) -> Path | None:
@@ -654,7 +662,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     work, out = Path(args.work), Path(args.out)
-    result = {"command": " ".join(["python -m benchmarks.peer", *argv]), "full_command": full_command(args),
+    result = {"command": " ".join(["python -m benchmarks.peer", shlex.join(argv)]).strip(), "full_command": full_command(args),
               "vocab": args.vocab, "corpus": args.corpus, "runs": args.runs, "note": args.note}
     with progress() as bar:
         task = bar.add_task("peer", total=steps(args))

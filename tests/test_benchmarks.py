@@ -280,7 +280,7 @@ MAY_ARTIFACTS = ROOT / "tests" / "golden" / "may" / "may_artifacts_mini"
 
 
 def _q(ms):
-    return {"n": 5, "p50_ms": ms, "p90_ms": ms, "min_ms": ms}
+    return {"n": 5, "p50_ms": ms, "p90_ms": ms, "min_ms": ms, "mean_ms": ms}
 
 
 def _peer_result(upstream: bool = True) -> dict:
