@@ -12,46 +12,13 @@ from benchmarks import report as report_mod
 from benchmarks import server as server_mod
 from benchmarks.env import environment
 from benchmarks.measure import Budget
+from benchmarks.progress import console
+from benchmarks.progress import progress as _progress
 from phoenix_torch import PRESETS
 
 DEFAULT_CACHE = Path.home() / ".cache" / "phoenix_benchmarks"   # exported engines and built repositories
 
 FULL_CPU_COMMAND = report_mod.REPRODUCE["cpu"]
-
-
-class _PlainConsole:
-    """Stand-in for rich's Console where rich is not installed (e.g. the lent GPU machine)."""
-
-    def log(self, *a):
-        print(time.strftime("[%H:%M:%S]"), *a, file=sys.stderr, flush=True)
-
-    print = log
-
-
-class _PlainProgress:
-    def __init__(self):
-        self.console, self.total, self.done = _PlainConsole(), 0, 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def add_task(self, description, total):
-        self.total = total
-        return 0
-
-    def update(self, task, completed=None, advance=0, description=""):
-        self.done = completed if completed is not None else self.done + advance
-        self.console.log(f"[{self.done}/{self.total}] {description}")
-
-
-try:
-    from rich.console import Console
-    console = Console(stderr=True)
-except ImportError:
-    console = _PlainConsole()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -261,15 +228,6 @@ def server_sweep(args) -> server_mod.ServerSweep:
         models=args.models, users_per_request=args.users, candidates=args.server_candidates,
         seconds=args.step_seconds, poisson_rates=args.poisson_rates, poisson_seconds=args.poisson_seconds,
         build_args=tuple(args.build_arg) if args.build_arg else None, cache_dir=args.cache_dir, seed=args.seed)
-
-
-def _progress():
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    except ImportError:
-        return _PlainProgress()
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=console, transient=False)
 
 
 def run_engine(args, out: Path, command: str) -> Path:

@@ -38,10 +38,12 @@ TOPICS = ("nfl", "nba", "mlb", "nhl", "soccer")
 
 
 def synthesize(folder: Path, vocab: int = RELEASE_VOCAB, corpus: int = RELEASE_CORPUS, seed: int = 0) -> Path:
-    """An artifacts folder in the release's layout and sizes, random tables and corpus (reused if complete)."""
-    done = folder / ".complete"
-    if done.exists():
+    """An artifacts folder in the release's layout and sizes, random tables and corpus (reused if complete and of
+    the same sizes and seed; made again otherwise)."""
+    done, stamp = folder / ".complete", json.dumps({"vocab": vocab, "corpus": corpus, "seed": seed})
+    if done.exists() and done.read_text().strip() == stamp:
         return folder
+    done.unlink(missing_ok=True)
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for kind in ("ranker", "retrieval"):
@@ -63,7 +65,7 @@ def synthesize(folder: Path, vocab: int = RELEASE_VOCAB, corpus: int = RELEASE_C
     seq["history"] = [{"post_id": int(rng.integers(1, 2**63)), "author_id": int(rng.integers(1, 2**40)),
                        "actions": {"1": 1.0, "11": 1.0}} for _ in range(100)]
     (folder / "example_sequence.json").write_text(json.dumps(seq))
-    done.write_text("synthesized\n")
+    done.write_text(stamp + "\n")
     return folder
 
 

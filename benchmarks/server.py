@@ -20,6 +20,7 @@ parameters (`demo_request` + `PhoenixClient.build_row`).
 """
 from __future__ import annotations
 
+import itertools
 import queue
 import subprocess
 import sys
@@ -144,25 +145,37 @@ def _client(url):
 def closed_loop(url: str, model: str, pool: list[dict], concurrency: int, seconds: float) -> dict:
     """`concurrency` threads, each sending back-to-back for `seconds`; latencies of completed requests."""
     clients = [_client(url) for _ in range(concurrency)]
-    lat: list[list[float]] = [[] for _ in range(concurrency)]
+
+    def sender(k):
+        requests = itertools.islice(itertools.cycle(pool), k, None, concurrency)   # thread k: k, k + c, ...
+        return lambda: clients[k].infer(next(requests), model=model)
+    try:
+        return closed_loop_calls([sender(k) for k in range(concurrency)], seconds)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def closed_loop_calls(calls: list, seconds: float) -> dict:
+    """One thread per callable in `calls`, each calling its own back to back for `seconds` (the first error stops
+    that thread); the latencies of the completed calls, the wall time and the first errors."""
+    lat: list[list[float]] = [[] for _ in calls]
     errors: list[str] = []
-    barrier = threading.Barrier(concurrency + 1)
+    barrier = threading.Barrier(len(calls) + 1)
     stop_at = [0.0]
 
     def worker(k):
-        c, i = clients[k], k
         barrier.wait()
         while time.perf_counter() < stop_at[0]:
             t0 = time.perf_counter()
             try:
-                c.infer(pool[i % len(pool)], model=model)
+                calls[k]()
             except Exception as e:
                 errors.append(f"{type(e).__name__}: {e}")
                 return
             lat[k].append(time.perf_counter() - t0)
-            i += concurrency
 
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(calls))]
     for t in threads:
         t.start()
     start = time.perf_counter()
@@ -171,8 +184,6 @@ def closed_loop(url: str, model: str, pool: list[dict], concurrency: int, second
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    for c in clients:
-        c.close()
     return {"latencies_s": [x for l in lat for x in l], "wall_s": wall, "errors": errors[:3]}
 
 

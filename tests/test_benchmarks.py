@@ -272,3 +272,184 @@ def test_quick_run_of_both_modes_writes_json_report_and_plots(tmp_path):
         assert text in md
     for name in report.PLOTS:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ peer (issue 21)
+
+MAY_ARTIFACTS = ROOT / "tests" / "golden" / "may" / "may_artifacts_mini"
+
+
+def _q(ms):
+    return {"n": 5, "p50_ms": ms, "p90_ms": ms, "min_ms": ms, "mean_ms": ms}
+
+
+def _peer_result(upstream: bool = True) -> dict:
+    """A tiny fake result of benchmarks.peer: the served pipeline at 40 ms, upstream's at 100 ms."""
+    from benchmarks import peer
+
+    triton = {"requests": 5, "server_ms": 35.0, "queue_ms": 0.1, "compute_input_ms": 0.1, "compute_infer_ms": 34.0,
+              "compute_output_ms": 0.8}
+    stages = dict(zip(peer.STAGES, (1.0, 5.0, 10.0, 1.0, 12.0, 1.0)))
+    result = {
+        "command": "python -m benchmarks.peer --vocab 20000 --corpus 50000",
+        "full_command": "python -m benchmarks.peer",
+        "vocab": 20000, "corpus": 50000, "runs": 5, "note": None,
+        "environment": {"cpu_model": "a CPU", "cpu_cores": 2, "load_average": (0.1, 0.1, 0.1), "time_utc": "now"},
+        "build": {"wall_s": 50.0, "peak_rss_gib": 3.5, "command": "python -m export.build --artifacts A"},
+        "served": {"startup_s": 4.0, "pipeline": {**_q(40.0), "triton": triton},
+                   "throughput": [{"concurrency": c, "pipelines_per_s": r, **_q(1e3 * c / r), "triton": triton}
+                                  for c, r in ((1, 25.0), (4, 40.0))],
+                   "mini": {"phoenix_ranker": _q(3.0), "phoenix": _q(5.0)},
+                   "memory": {"peak_rss_mib": 2048.0}, "memory_after_runs": {"rss_gib": 2.0, "pss_gib": 1.9}},
+        "in_process": {"same_posts_as_served": True, "runs": 5, "whole": _q(30.0),
+                       "stages": {s: _q(v) for s, v in stages.items()},
+                       "search": {"index": "exact", "rows": 50000, "dim": 128, "top_k": 200, "rescored_rows": 1000,
+                                  "scan_bytes": 6_400_000, "search_bytes": 6_912_000,
+                                  "float32_corpus_bytes": 25_600_000, "scan": _q(2.0), "search": _q(4.0),
+                                  "scan_kind": "Int8Scan"}},
+        "peak": {"copy_gbs": 32.0, "matmul_gflops": {"fp32": 250.0}},
+        "upstream": {"status": "ok", "peer": "upstream's path", "dtype": "bfloat16", "jax": "0.8.1", "haiku": "0.0.17",
+                     "numpy": "2", "python": "3.11", "upstream_sources_sha256": "ab" * 32, "pipeline": _q(100.0),
+                     "parts": {"user_tower": _q(14.0), "corpus_scan_top_k": _q(18.0), "hash_and_rank": _q(68.0)},
+                     "forward": {"users": 1, "candidates": 64, **_q(9.0)}}
+        if upstream else {"status": "not measured: no --upstream-phoenix / --upstream-python given"}}
+    result["bandwidth"] = peer.bandwidth(result["in_process"]["search"], result["peak"])
+    result["goals"] = peer.goals(result)
+    return result
+
+
+def test_peer_goals_ratios_and_what_is_left():
+    from benchmarks import peer
+
+    result = _peer_result()
+    g = {row["goal"]: row for row in result["goals"]}
+    pipe = g["release pipeline p50"]
+    assert pipe["ratio"] == 2.5 and pipe["met"] is False                      # 100 / 40 < 3
+    assert pipe["short_by"] == "2.50x of 3x: ours must go from 40.0 to 33.3 ms (-6.7 ms, -17%)"
+    assert g["release pipeline p50, moonshot"]["short_by"].startswith("2.50x of 5x: ours must go from 40.0 to 20.0")
+    assert g["mini 1x64 served phoenix"]["ratio"] == 1.8 and g["mini 1x64 served phoenix"]["met"] is False
+    assert g["mini 1x64 served phoenix_ranker"]["ratio"] == 3.0 and g["mini 1x64 served phoenix_ranker"]["met"]
+    assert "short_by" not in g["mini 1x64 served phoenix_ranker"]
+    mem = g["build + server memory"]                                           # 3.5 GiB + 2 GiB, in GB
+    assert mem["measured_gb"] == pytest.approx((3.5 * 2**30 + 2048 * 2**20) / 1e9, abs=0.01) and mem["met"]
+    bw = result["bandwidth"]                                                   # 6.4 MB in 2 ms, 6.912 MB in 4 ms
+    assert bw["scan_gbs"] == 3.2 and bw["scan_fraction_of_copy"] == 0.1 and bw["search_gbs"] == 1.73
+    assert [v for _, v in peer.served_split(result)] == pytest.approx([4.0, 1.0, 5.0])
+
+
+def test_peer_report_and_plot(tmp_path):
+    from benchmarks import peer
+
+    result = _peer_result()
+    md = peer.render(result)
+    for text in ("A small check run", "Full run: `python -m benchmarks.peer`", "## Goals",
+                 "| release pipeline p50 | >= 3x upstream | 40.00 ms | 100.00 ms | 2.5x | **no** |",
+                 "## Pipelines per second", "| 4 | 40.0 |", "**32.0 GB/s**", "fp32 matmul 250.0 GFLOP/s",
+                 "| scan alone | 2.00 | 3.20 | 0.100 |",
+                 "| hash + user tower | check_and_hash 1.00 + user_tower 5.00 | 6.00 | 14.00 |",
+                 "| served phoenix_ranker | 3.00 | 3.00 | 3.00 |", "## Memory"):
+        assert text in md, text
+    png = peer.plot(result, tmp_path / "peer.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    alone = _peer_result(upstream=False)                  # ours only: the peer is named as not measured
+    assert all(g["met"] is None for g in alone["goals"][:4])
+    assert alone["goals"][0]["short_by"] == "the peer was not measured"
+    md = peer.render(alone)
+    assert "**The peer was not measured**" in md and "| upstream ranker forward" not in md
+    assert peer.plot(alone, tmp_path / "alone.png").exists()
+
+
+def _upstream_folder(tmp_path) -> Path:
+    from benchmarks import upstream_peer
+
+    folder = tmp_path / "phoenix"
+    folder.mkdir()
+    for name in upstream_peer.UPSTREAM_FILES:
+        (folder / name).write_text("")
+    return folder
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--upstream-phoenix", "/somewhere"], ["--upstream-phoenix needs --upstream-python"]),
+    (["--upstream-python", sys.executable], ["--upstream-python needs --upstream-phoenix"]),
+    (["--upstream-phoenix", str(ROOT), "--upstream-python", sys.executable], ["--upstream-phoenix", "run_pipeline.py"]),
+    (["--corpus", "100"], ["--corpus 100", "200"]),
+    (["--concurrency", "1,x"], ["--concurrency", "'1,x'"]),
+    (["--runs", "0"], ["--runs", "'0'"]),
+    (["--step-seconds", "-1"], ["--step-seconds", "'-1'"]),
+    (["--upstream-dtype", "fp16"], ["--upstream-dtype", "fp16"]),
+])
+def test_peer_option_errors_are_named(argv, words, capsys):
+    from benchmarks import peer
+
+    with pytest.raises(SystemExit) as e:
+        peer.parse_args(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    for w in words:
+        assert w in err
+
+
+def test_peer_checks_the_upstream_python_before_measuring(tmp_path, capsys):
+    from benchmarks import peer
+
+    folder = _upstream_folder(tmp_path)
+    for python, why in ((sys.executable, "cannot import jax"), (str(tmp_path / "no-python"), "FileNotFoundError")):
+        with pytest.raises(SystemExit) as e:        # this project's Python has no jax: refused up front, exit 2
+            peer.parse_args(["--upstream-phoenix", str(folder), "--upstream-python", python])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--upstream-python {python}" in err and why in err
+
+
+def test_peer_options_have_help_and_the_upstream_script_runs_without_jax(tmp_path, capsys):
+    from benchmarks import peer, upstream_peer
+
+    for action in peer.build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "upstream_peer.py"), "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and "--phoenix" in p.stdout and "--dtype" in p.stdout
+    folder = _upstream_folder(tmp_path)
+    for argv, word in ((["--phoenix", str(tmp_path), "--artifacts", str(MAY_ARTIFACTS)], "run_pipeline.py"),
+                       (["--phoenix", str(folder), "--artifacts", str(tmp_path)], "retrieval/config.json"),
+                       (["--phoenix", str(folder), "--artifacts", str(MAY_ARTIFACTS), "--runs", "0"], "--runs"),
+                       (["--phoenix", str(folder), "--artifacts", str(MAY_ARTIFACTS), "--expect",
+                         str(MAY_ARTIFACTS / "expected_pipeline_fp32.npz")], "--expect needs --dtype float32")):
+        with pytest.raises(SystemExit) as e:
+            upstream_peer.parse_args(argv)
+        assert e.value.code == 2 and word in capsys.readouterr().err
+
+
+def test_peer_measures_ours_served_and_in_process(may_repo, tmp_path):
+    """The served and in-process measurements of benchmarks.peer on the small May repository (a real tritonserver):
+    every figure present and plausible, the in-process pipeline retrieving the posts the server retrieved."""
+    import argparse
+
+    from benchmarks import peer
+
+    args = argparse.Namespace(runs=2, concurrency=(1, 2), step_seconds=0.5)
+    steps = []
+    served = peer.measure_served(may_repo, MAY_ARTIFACTS / "example_sequence.json", args, steps.append)
+    request, posts = served.pop("request"), served.pop("served_post_ids")
+    assert len(steps) == 1 + len(args.concurrency) + len(peer.MINI_MODELS)
+    assert len(posts) == peer.TOP_K and request["history_post_ids"].dtype.name == "uint64"
+    pipe = served["pipeline"]
+    assert pipe["n"] == 2 and 0 < pipe["p50_ms"] <= pipe["p90_ms"]
+    assert pipe["triton"]["requests"] == 2 and 0 < pipe["triton"]["compute_infer_ms"] <= pipe["triton"]["server_ms"]
+    assert [r["concurrency"] for r in served["throughput"]] == [1, 2]
+    for r in served["throughput"]:
+        assert r["completed"] >= 1 and r["pipelines_per_s"] == pytest.approx(r["completed"] / r["wall_s"], rel=0.01)
+        assert r["triton"]["requests"] == r["completed"]
+    assert set(served["mini"]) == set(peer.MINI_MODELS)
+    assert all(m["p50_ms"] > 0 and m["candidates"] == peer.MINI_CANDIDATES for m in served["mini"].values())
+    assert served["memory"]["peak_rss_mib"] > 0 and served["memory"]["processes"] >= 2
+
+    proc = peer.measure_in_process(may_repo, request, posts, runs=2)
+    assert proc["same_posts_as_served"] is True
+    assert set(proc["stages"]) == set(peer.STAGES) and all(s["p50_ms"] > 0 for s in proc["stages"].values())
+    s = proc["search"]
+    assert (s["rows"], s["dim"], s["scan_kind"], s["top_k"]) == (4000, 128, "Int8Scan", peer.TOP_K)
+    assert s["scan_bytes"] == 4000 * 128 and peer.TOP_K <= s["rescored_rows"] <= 4000
+    assert s["search_bytes"] == s["scan_bytes"] + s["rescored_rows"] * 128 * 4

@@ -478,6 +478,12 @@ class PhoenixClient:
         served corpus and their scores. Raw ids in (the server hashes them with each model's constants); out:
         top_k_post_ids, top_k_author_ids, top_k_scores (retrieval), probs [K, A], home-mixer's named scores,
         weighted_score, final_score and ranking, pipeline_score and pipeline_ranking (run_pipeline.py's)."""
+        return {k: v[0] for k, v in self.infer(self.pipeline_request(user_id, history, user, top_k, corpus_mask),
+                                                 PIPELINE).items()}
+
+    def pipeline_request(self, user_id, history=(), user=None, top_k: int | None = None,
+                         corpus_mask=None) -> dict[str, np.ndarray]:
+        """The arrays of `pipeline`'s request (batch of one user), as phoenix_pipeline receives them."""
         with self.pipeline_view():
             row = self.build_row(user_id=user_id, history=history, user=user)
         arrays = {k: v[None] for k, v in row.items() if k in {s["name"] for s in self.config["pipeline_inputs"]}}
@@ -485,7 +491,7 @@ class PhoenixClient:
             arrays["top_k"] = np.array([[top_k]], dtype=np.int32)
         if corpus_mask is not None:
             arrays["corpus_mask"] = np.asarray(corpus_mask, dtype=bool)[None]
-        return {k: v[0] for k, v in self.infer(arrays, PIPELINE).items()}
+        return arrays
 
     @contextlib.contextmanager
     def pipeline_view(self):
