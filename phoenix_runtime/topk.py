@@ -140,10 +140,9 @@ class Int8Scan:
     def open(cls, path, meta: dict, threads: int = 0) -> "Int8Scan":
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        return cls(ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"]), meta)
+        from .engines import ort_options
+        return cls(ort.InferenceSession(str(path), sess_options=ort_options(threads), providers=["CPUExecutionProvider"]),
+                   meta)
 
     def __call__(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(approx [B, N] int32, unit [B], bound [B]): true score in unit * (approx -+ bound)."""
