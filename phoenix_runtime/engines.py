@@ -111,7 +111,8 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         super().__init__(inputs, outputs, device, precision, model)
-        self.session = ort.InferenceSession(str(path), sess_options=ort_options(threads), providers=ort_providers(device))
+        self.session = ort.InferenceSession(str(path), sess_options=ort_options(threads),
+                                            providers=ort_providers(device))
 
     def run(self, feed):
         arrays = {n: np.ascontiguousarray(to_numpy(feed[n])) for n in self.input_names}

@@ -27,7 +27,8 @@ class EntityHash:
         if len(self.scales) != len(self.biases) or not self.scales:
             raise ValueError("hash params need as many scales as biases (at least one)")
         if self.vocab < 2 or not 0 < self.modulus < 2 ** 63:
-            raise ValueError(f"hash params: vocab must be >= 2 and modulus in (0, 2^63), got {self.vocab}, {self.modulus}")
+            raise ValueError(f"hash params: vocab must be >= 2 and modulus in (0, 2^63), got {self.vocab}, "
+                             f"{self.modulus}")
 
     def to_dict(self) -> dict:
         return {"scales": list(self.scales), "biases": list(self.biases), "modulus": self.modulus, "vocab": self.vocab}

@@ -101,8 +101,8 @@ SCALAR_PARAMS = tuple(SCALAR_DEFAULTS)
 
 def score_sources(actions, num_continuous: int) -> dict:
     """{"fields": {PhoenixScores field: ["column", i] | ["continuous", j] | None (the model cannot produce
-    it)}, "columns": {name: i} for every column no field reads (served under its own name), "num_actions"}. A field reads
-    the first column named its January name or its ActionName; dwell_time reads continuous_preds[..., 1]
+    it)}, "columns": {name: i} for every column no field reads (served under its own name), "num_actions"}. A
+    field reads the first column named its January name or its ActionName; dwell_time reads continuous_preds[..., 1]
     when the model has a continuous head (a `dwell_time` column is then superseded and not served)."""
     actions = list(actions)
     dupes = sorted({a for a in actions if actions.count(a) > 1})

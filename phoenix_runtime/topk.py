@@ -141,8 +141,9 @@ class Int8Scan:
         import onnxruntime as ort
 
         from .engines import ort_options
-        return cls(ort.InferenceSession(str(path), sess_options=ort_options(threads), providers=["CPUExecutionProvider"]),
-                   meta)
+        session = ort.InferenceSession(str(path), sess_options=ort_options(threads),
+                                       providers=["CPUExecutionProvider"])
+        return cls(session, meta)
 
     def __call__(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(approx [B, N] int32, unit [B], bound [B]): true score in unit * (approx -+ bound)."""
