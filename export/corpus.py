@@ -95,7 +95,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.repository}: now serves {manifest['served'][k.RETRIEVAL]['corpus_rows']} posts; reload "
-          f"{k.RETRIEVAL} (curl -X POST localhost:8000/v2/repository/models/{k.RETRIEVAL}/load)")
+          f"{k.RETRIEVAL} as the operator (POST /v2/repository/models/{k.RETRIEVAL}/load with the admin key: "
+          f"README, Security)")
     return 0
 
 
