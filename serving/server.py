@@ -308,18 +308,22 @@ class TritonServer:
         self.log_path.write_bytes(b"")           # a fresh log per start; restarts append to it
         cmd, env = server_command(self.model_repository, self.ports["HTTP"], self.ports["gRPC"],
                                   self.ports["metrics"], self.host, self.args(models), self.python)
-        self._write_admin_key()
         try:
-            self.supervisor = ServerSupervisor(
+            supervisor = ServerSupervisor(
                 cmd, f"http://{self.http_url}", env=env, metrics_url=self.metrics_url, admin_key=self.admin_key,
                 models=models, health_host=self.host, health_port=self.ports["health"], on_event=self.on_event,
                 heal=self.supervise, load_timeout=self.startup_timeout, hang_timeout=self.hang_timeout,
                 max_restarts=self.max_restarts, startup_timeout=self.startup_timeout, log_path=self.log_path,
-                new_session=True).start()
+                new_session=True)
         except OSError as e:
-            self._remove_admin_key()
             raise ServerError(f"tritonserver not started: cannot serve the health endpoint on {self.host}:"
                               f"{self.ports['health']} ({e.strerror}); choose another --health-port") from None
+        self._write_admin_key()
+        try:
+            self.supervisor = supervisor.start()
+        except OSError as e:
+            self._remove_admin_key()
+            raise ServerError(f"tritonserver not started: cannot run {cmd[0]} ({e.strerror})") from None
         self._wait_ready()
         return self
 
@@ -496,8 +500,6 @@ def main(argv=None):
         print(f"error: {server.crash_report()}", file=sys.stderr)
         server.stop()
         return 1
-    print(f"\nstopping: readiness is red, serving on for {args.drain_seconds:g} s (Ctrl-C again: stop now), then "
-          f"tritonserver finishes the requests in flight ...", flush=True)
     server.stop(drain=args.drain_seconds, interrupted=hurry)
     print("stopped.", flush=True)
     return 0

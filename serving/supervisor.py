@@ -744,7 +744,8 @@ class ServerSupervisor:
         status, _ = http_request(f"{self.base}/v2/health/live", timeout=2)
         if status != 200:
             return False, f"tritonserver is not live (its /v2/health/live: HTTP {status})"
-        troubled = [m for m in (self.stubs.troubled() if self.stubs is not None else [])
+        watcher = self.stubs
+        troubled = [m for m in (watcher.troubled() if watcher is not None else [])
                     if self.models is None or m in self.models]
         if troubled:
             return False, f"healing model(s) {', '.join(troubled)}"
@@ -758,7 +759,12 @@ class ServerSupervisor:
 
     # ------------------------------------------------------------------ run
     def start(self) -> "ServerSupervisor":
-        self._spawn()
+        """Start tritonserver and the watch; OSError (closing the health endpoint) when the command cannot run."""
+        try:
+            self._spawn()
+        except OSError:
+            self._health.server_close()
+            raise
         for target in (self._health.serve_forever, self._run):
             t = threading.Thread(target=target, name=f"server-supervisor-{target.__name__}", daemon=True)
             t.start()
@@ -820,8 +826,9 @@ class ServerSupervisor:
                 uptime = time.monotonic() - (self.started_at or time.monotonic())
                 left = end_stubs(proc.pid)
                 cleanup = f"; ended its {len(left)} model process(es)" if left else ""
-                report = f"tritonserver {'crashed' if ready else 'stopped before it was ready'} " \
-                         f"({describe_exit(code)}) after {uptime:.0f} s{cleanup}. {self.last_lines()}"
+                report = " ".join(filter(None, [
+                    f"tritonserver {'crashed' if ready else 'stopped before it was ready'} ({describe_exit(code)}) "
+                    f"after {uptime:.0f} s{cleanup}.", self.last_lines()]))
                 if not self.ever_ready:
                     self.exit_code = code
                     self.gave_up = report                # a server that never started is the launcher's to report
@@ -861,7 +868,8 @@ class ServerSupervisor:
         """Readiness red at once, then keep serving for `seconds` (or until `interrupted` is set)."""
         self.draining = True
         if seconds > 0:
-            self.on_event(f"draining: readiness is red, serving on for {seconds:g} s before stopping")
+            self.on_event(f"draining: readiness is red, serving on for {seconds:g} s, then tritonserver finishes the "
+                          f"requests in flight and stops (a second SIGTERM or Ctrl-C: stop now)")
             (interrupted or threading.Event()).wait(seconds)
 
     def stop(self, timeout: float = 60.0) -> int | None:
@@ -916,7 +924,7 @@ def _drain_default() -> float:
     except ValueError:
         value = -1.0
     if value < 0:
-        raise SystemExit(f"error: {DRAIN_ENV}={raw!r}: give a number of seconds >= 0 (default {DRAIN_SECONDS:g})")
+        raise ValueError(f"{DRAIN_ENV}={raw!r}: give a number of seconds >= 0 (default {DRAIN_SECONDS:g})")
     return value
 
 
@@ -984,7 +992,13 @@ def main(argv=None) -> int:
         return 2
     else:
         log(f"WARNING: --insecure-open-admin: any client can load code, unload models and register shared memory")
-    drain = args.drain_seconds if args.drain_seconds is not None else _drain_default()
+    try:
+        drain = args.drain_seconds if args.drain_seconds is not None else _drain_default()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if drain < 0:
+        ap.error(f"--drain-seconds {drain:g}: give a number of seconds >= 0")
     shm_limit = None if args.shm_limit_mb is None else int(args.shm_limit_mb * 2 ** 20)
 
     term, hurry = threading.Event(), threading.Event()
@@ -999,10 +1013,15 @@ def main(argv=None) -> int:
                                health_host=args.health_host, health_port=args.health_port, on_event=log,
                                interval=args.interval, load_timeout=args.load_timeout, hang_timeout=args.hang_timeout,
                                max_restarts=args.max_restarts, restart_window=args.restart_window,
-                               startup_timeout=args.startup_timeout, shm_limit=shm_limit).start()
+                               startup_timeout=args.startup_timeout, shm_limit=shm_limit)
     except OSError as e:
         print(f"error: cannot serve the health endpoint on {args.health_host}:{args.health_port} ({e.strerror}); "
               f"choose another --health-port", file=sys.stderr)
+        return 2
+    try:
+        sup.start()
+    except OSError as e:
+        print(f"error: cannot run {command[0]} ({e.strerror})", file=sys.stderr)
         return 2
     log(f"health endpoint {sup.health_url}/v2/health/ready and /v2/health/live; admin APIs "
         f"{'closed (header ' + ADMIN_HEADER + ')' if key else 'OPEN'}")
