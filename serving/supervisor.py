@@ -829,9 +829,9 @@ class ServerSupervisor:
                 report = " ".join(filter(None, [
                     f"tritonserver {'crashed' if ready else 'stopped before it was ready'} ({describe_exit(code)}) "
                     f"after {uptime:.0f} s{cleanup}.", self.last_lines()]))
-                if not self.ever_ready:
+                if not self.ever_ready or self.draining:
                     self.exit_code = code
-                    self.gave_up = report                # a server that never started is the launcher's to report
+                    self.gave_up = report                # never started (the caller reports it), or stopping anyway
                     return
                 now = time.monotonic()
                 recent = [r for r in self.restarts if now - r["time"] < self.restart_window]
