@@ -120,7 +120,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"{args.repository}: now serves {manifest['served'][RETRIEVAL]['corpus_rows']} posts; reload "
-          f"{RETRIEVAL} (curl -X POST localhost:8000/v2/repository/models/{RETRIEVAL}/load)")
+          f"{RETRIEVAL} as the operator (POST /v2/repository/models/{RETRIEVAL}/load with the admin key: "
+          f"README, Security)")
     return 0
 
 

@@ -114,6 +114,15 @@ def features_repo(tmp_path_factory, features_file) -> Path:
                      tmp_path_factory.mktemp("extras") / "repo")
 
 
+@pytest.fixture(scope="session")
+def small_repo(tmp_path_factory) -> Path:
+    """The small demo build of the server fault and security tests (server_helpers.SMALL_BUILD: an 8 MiB request
+    limit, so a test reaches it cheaply)."""
+    from server_helpers import SMALL_BUILD
+
+    return run_build(SMALL_BUILD, tmp_path_factory.mktemp("small") / "repo")
+
+
 @pytest.fixture(scope="module")
 def client(server):
     """A gRPC PhoenixClient of the module's `server` fixture (each server test module defines `server`)."""

@@ -244,7 +244,7 @@ def test_an_approximate_faiss_index_and_a_swapped_corpus(tmp_path, may_repo):
         recall = len(set(got["top_k_post_ids"].tolist()) & set(expected["retrieved_post_ids"].tolist())) / 200
         assert recall >= 0.95, recall
         assert corpus_cli.main(["--repository", str(repo), "--corpus", str(half), "--index", "exact"]) == 0
-        client.triton.load_model("phoenix_retrieval")
+        client.triton.load_model("phoenix_retrieval", headers=server.admin_headers(client.protocol))
         swapped = client.retrieve(user_id=seq.user_id, history=seq.history, top_k=10)
         assert set(swapped["top_k_post_ids"].tolist()) <= set(posts[::2].tolist())
         m = read_manifest(repo)
