@@ -24,7 +24,7 @@ from server_helpers import (HUGE_SHAPE_BODY, MAX_REQUEST_MB, Load, answers_alone
                             with_candidates)
 from tritonclient.utils import InferenceServerException
 
-from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, POSTPROCESS, RANKER
+from phoenix_runtime.manifest import ENSEMBLE, POSTPROCESS, RANKER
 from serving.server import TritonServer
 from serving.supervisor import ADMIN_HEADER, ADMIN_KEY_ENV, GRPC_ADMIN_HEADER, http_request
 
@@ -81,7 +81,7 @@ def test_admin_apis_are_refused_over_http_and_uploaded_code_never_runs(server, t
     region = next(s.region for s in stubs(server.process.pid).values() if s.model == RANKER)
     attacks = {
         "load with uploaded code": ("/v2/repository/models/evil/load", upload),
-        "load of a served model": (f"/v2/repository/models/{POSTPROCESS}/load", b"{}"),
+        "load of a served model": (f"/v2/repository/models/{ENSEMBLE}/load", b"{}"),
         "unload": (f"/v2/repository/models/{RANKER}/unload", b"{}"),
         "repository index": ("/v2/repository/index", b"{}"),
         "system shared memory on the ranker's own region": (
@@ -174,11 +174,11 @@ def test_operator_unload_turns_our_readiness_red_and_a_reload_with_the_key_bring
     ok, expected = infer(server.grpc_url, arrays)
     assert ok and health(server.health_url) == (200, "ready")
     before = len(events)
-    status, text = http_post(server.http_url, f"/v2/repository/models/{RANKER}/unload", b"{}",
+    status, text = http_post(server.http_url, f"/v2/repository/models/{ENSEMBLE}/unload", b"{}",
                              headers=server.admin_headers())
     assert status == 200, text
     red = wait_for(lambda: (lambda s: s if s[0] == 503 else None)(health(server.health_url)), 5, 0.1)
-    assert red and RANKER in red[1], red
+    assert red and ENSEMBLE in red[1], red
     time.sleep(2.0)                                    # the supervisor leaves a model unloaded on purpose
     assert health(server.health_url)[0] == 503 and not events[before:], events[before:]
     assert health(server.health_url, "live")[0] == 200
@@ -186,8 +186,7 @@ def test_operator_unload_turns_our_readiness_red_and_a_reload_with_the_key_bring
           f"{http_status(server.http_url, '/v2/health/ready')}")
     with grpcclient.InferenceServerClient(server.grpc_url) as c:
         key = server.admin_headers("grpc")
-        for model in (RANKER, ENSEMBLE, ENSEMBLE_EMBEDDINGS):   # ensembles went too
-            c.load_model(model, headers=key)
+        c.load_model(ENSEMBLE, headers=key)
     assert wait_for(lambda: health(server.health_url)[0] == 200, 30), health(server.health_url)
     ok, out = infer(server.grpc_url, arrays)
     assert ok and same_answer(out, expected)
@@ -199,35 +198,35 @@ CONFIG_EDITS = [("a parameter", lambda t: t + 'parameters { key: "operator_note"
 
 
 def test_documented_reloads_under_load_lose_no_request(server, client, events, repo):
-    """Edit phoenix_postprocess's config, POST load with the key, three times (a full reload, an instance added,
-    an instance removed), under load from 4 clients: every request answered, and right; the supervisor heals
+    """Edit the config of `phoenix` (the model the clients call: on the cpu target one Python model), POST load
+    with the key, three times (a full reload, an instance added, an instance removed), under load from 4 clients: every request answered, and right; the supervisor heals
     nothing (the model-level process the Python backend runs during a load, and a removed instance, end by
     design)."""
     requests = [request_arrays(client, seed=20 + i, num_candidates=1 + 5 * i) for i in range(4)]
     alone = answers_alone(server.grpc_url, requests)
-    config = repo / POSTPROCESS / "config.pbtxt"
+    config = repo / ENSEMBLE / "config.pbtxt"
     original = config.read_text()
     before = len(events)
     seconds = {}
     try:
         with Load(server.grpc_url, server.http_url, requests, alone, threads=4) as load:
             for what, edit in CONFIG_EDITS:
-                old_pids = {p for p, s in stubs(server.process.pid).items() if s.model == POSTPROCESS}
+                old_pids = {p for p, s in stubs(server.process.pid).items() if s.model == ENSEMBLE}
                 config.write_text(edit(config.read_text()))
                 t0 = time.monotonic()
-                status, text = http_post(server.http_url, f"/v2/repository/models/{POSTPROCESS}/load",
+                status, text = http_post(server.http_url, f"/v2/repository/models/{ENSEMBLE}/load",
                                          b"{}", timeout=120, headers=server.admin_headers())
                 seconds[what] = time.monotonic() - t0
                 assert status == 200, f"{what}: HTTP {status} {text}"
                 time.sleep(2.5)                        # past the supervisor's grace for a vanished process
-                new_pids = {p for p, s in stubs(server.process.pid).items() if s.model == POSTPROCESS}
+                new_pids = {p for p, s in stubs(server.process.pid).items() if s.model == ENSEMBLE}
                 assert new_pids - old_pids or what == "back to one instance", f"{what}: no new model process"
         sent = len(load.log)
     finally:
         config.write_text(original)
-        http_post(server.http_url, f"/v2/repository/models/{POSTPROCESS}/load", b"{}", timeout=120,
+        http_post(server.http_url, f"/v2/repository/models/{ENSEMBLE}/load", b"{}", timeout=120,
                   headers=server.admin_headers())
-    print(f"\nthree reloads of {POSTPROCESS} under load ("
+    print(f"\nthree reloads of {ENSEMBLE} under load ("
           + ", ".join(f"{w}: {s:.1f} s" for w, s in seconds.items())
           + f"): {sent} requests, {len(load.failed)} failed, {load.wrong} wrong")
     assert sent > 20, "too few requests to say anything"
@@ -239,28 +238,28 @@ def test_documented_reloads_under_load_lose_no_request(server, client, events, r
 
 def test_memory_after_a_refused_oversized_body_returns_to_its_level(server, client, events):
     """A request far above the build's request limit is refused with 400, but it went through Triton's buffers and
-    the ranker's shared-memory region first. The supervisor reloads the ranker in place (no request fails) and
+    the shared-memory region of `phoenix` (the model it was sent to) first. The supervisor reloads that model in place (no request fails) and
     tritonserver keeps no copy: the region and the server's memory return near their level before."""
     requests = [request_arrays(client, seed=40 + i) for i in range(2)]
     alone = answers_alone(server.grpc_url, requests)
     pid = server.process.pid
     time.sleep(1.0)
-    before_mb, before_region = server_memory_mb(pid), region_sizes(pid)[RANKER]
+    before_mb, before_region = server_memory_mb(pid), region_sizes(pid)[ENSEMBLE]
     big = with_candidates(requests[0], 3_000_000)
     body_mb = sum(a.nbytes for a in big.values()) / 2 ** 20
     with Load(server.grpc_url, server.http_url, requests, alone, threads=1, pause=0.05) as load:
         ok, (status, message) = infer(server.grpc_url, big)
         assert not ok and is_bad_input(status) and "max_request_bytes" in message, (status, message)
-        peak_mb, peak_region = server_memory_mb(pid), region_sizes(pid).get(RANKER, 0)
+        peak_mb, peak_region = server_memory_mb(pid), region_sizes(pid).get(ENSEMBLE, 0)
         back = wait_for(lambda: any("reloaded in place" in str(e) for e in events)
-                        and region_sizes(pid).get(RANKER, 1 << 40) <= before_region, 60)
+                        and region_sizes(pid).get(ENSEMBLE, 1 << 40) <= before_region, 60)
         time.sleep(2.0)
-    after_mb, after_region = server_memory_mb(pid), region_sizes(pid)[RANKER]
-    print(f"\nrefused a {body_mb:.0f} MiB request (limit {MAX_REQUEST_MB} MiB): ranker region "
+    after_mb, after_region = server_memory_mb(pid), region_sizes(pid)[ENSEMBLE]
+    print(f"\nrefused a {body_mb:.0f} MiB request (limit {MAX_REQUEST_MB} MiB): {ENSEMBLE} region "
           f"{before_region / 2 ** 20:.0f} -> {peak_region / 2 ** 20:.0f} -> {after_region / 2 ** 20:.0f} MiB, "
           f"server PSS {before_mb:.0f} -> {peak_mb:.0f} -> {after_mb:.0f} MiB; {len(load.log)} requests meanwhile, "
           f"{len(load.failed)} failed")
-    assert back, f"the ranker's region is still {region_sizes(pid)} after 60 s: {events[-3:]}"
+    assert back, f"the region of {ENSEMBLE} is still {region_sizes(pid)} after 60 s: {events[-3:]}"
     assert after_region <= before_region
     assert after_mb - before_mb < 40, f"server memory {before_mb:.0f} MiB before, {after_mb:.0f} MiB after"
     assert not load.failed and not load.wrong, load.failed[:3]
