@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MAX_CALL_S = 0.5       # the longest one matmul call of the peak measurement may take
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_int8")
 
 
@@ -51,12 +52,23 @@ def _best_rate(fn, work: float, seconds: float, sync) -> float:
 
 
 def matmul_gflops(precision: str, n: int = 2048, device: str = "cpu", seconds: float = 2.0) -> float:
-    """GFLOP/s of an n x n x n matmul (2 n^3 FLOP) in `precision` on `device`: the best of the calls."""
-    a = torch.randn(n, n, dtype=DTYPES[precision], device=device)
-    b = torch.randn(n, n, dtype=DTYPES[precision], device=device)
+    """GFLOP/s of an m x m x m matmul (2 m^3 FLOP) in `precision` on `device`: the best of the calls. m is n, or
+    less where one call would take more than MAX_CALL_S (a CPU without a fast path for the precision: bf16 on
+    a CPU without AVX-512 BF16 or AMX runs at well under 1 GFLOP/s, where a 2048^3 call takes a minute)."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    m = min(n, 256)
     with torch.inference_mode():
-        return _best_rate(lambda: a @ b, 2.0 * n ** 3, seconds, sync) / 1e9
+        while m < n:
+            a = torch.randn(m, m, dtype=DTYPES[precision], device=device)
+            t = time.perf_counter()
+            a @ a
+            sync()
+            if (time.perf_counter() - t) * 8 > MAX_CALL_S:     # the next size up costs 8x as much
+                break
+            m *= 2
+        a = torch.randn(m, m, dtype=DTYPES[precision], device=device)
+        b = torch.randn(m, m, dtype=DTYPES[precision], device=device)
+        return _best_rate(lambda: a @ b, 2.0 * m ** 3, seconds, sync) / 1e9
 
 
 def copy_gbs(mib: int = 256, device: str = "cpu", seconds: float = 2.0) -> float:
@@ -72,7 +84,8 @@ def measure(device: str = "cpu", seconds: float = 2.0) -> dict:
     return {"device": device, "threads": torch.get_num_threads(), "cpu": cpu_model(),
             "matmul_gflops": {p: round(matmul_gflops(p, device=device, seconds=seconds), 1) for p in DTYPES},
             "copy_gbs": round(copy_gbs(device=device, seconds=seconds), 1),
-            "how": "best call of a 2048^3 matmul (2 n^3 FLOP) per precision; a 256 MiB copy (read + write)"}
+            "how": "best call of a 2048^3 matmul (2 n^3 FLOP; smaller where one call would take over "
+                   f"{MAX_CALL_S} s) per precision; a 256 MiB copy (read + write)"}
 
 
 def fraction_of_peak(tflops: float | None, precision: str, peak: dict | None) -> float | None:

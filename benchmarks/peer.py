@@ -224,6 +224,19 @@ def _pipeline_call(client, seq):
     return call
 
 
+def settled_stats(triton, before: dict, model: str, completed: int, timeout: float = 2.0) -> dict:
+    """stats_diff since `before`, once Triton's counters hold the `completed` requests of `model` (it counts a
+    request a moment after its client has the answer), or after `timeout` s."""
+    from benchmarks.server import model_stats, stats_diff
+
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = stats_diff(before, model_stats(triton))
+        if stats.get(model, {}).get("requests", 0) >= completed or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.05)
+
+
 def measure_served(repo: Path, sequence: Path, args, step) -> dict:
     """The served repository: the pipeline at concurrency 1 and its Triton statistics, pipelines/s per
     concurrency, mini 1x64 phoenix_ranker and phoenix; the server tree's memory. Also the request's arrays (for
@@ -257,7 +270,7 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
                 call()
             before = model_stats(client.triton)
             samples = _time(call, args.runs, warmup=0)
-            stats = stats_diff(before, model_stats(client.triton))
+            stats = settled_stats(client.triton, before, PIPELINE, len(samples))
             out["pipeline"] = {**quantiles(samples), "triton": stats.get(PIPELINE)}
 
             out["throughput"] = []
@@ -267,7 +280,7 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
                 try:
                     before = model_stats(client.triton)
                     res = closed_loop_calls([_pipeline_call(k, seq) for k in clients], args.step_seconds)
-                    stats = stats_diff(before, model_stats(client.triton))
+                    stats = settled_stats(client.triton, before, PIPELINE, len(res["latencies_s"]))
                 finally:
                     for k in clients:
                         k.close()

@@ -249,8 +249,8 @@ def _overhead_split(ens: dict, ranker: dict | None, eng: dict) -> str:
     parts = []
     if ranker:
         parts.append(f"phoenix_ranker served alone is {ranker['p50_ms'] - eng['p50_ms']:+.2f} ms over the engine "
-                     f"alone, the ensemble {ens['p50_ms'] - ranker['p50_ms']:+.2f} ms over that")
-    for name in ("phoenix_ranker", "phoenix_postprocess"):
+                     f"alone, phoenix (named scores) {ens['p50_ms'] - ranker['p50_ms']:+.2f} ms over that")
+    for name in ("phoenix", "phoenix_ranker", "phoenix_postprocess"):   # phoenix's own split, or its ensemble steps
         st = stats.get(name)
         if st:
             parts.append(f"{name}: queue {st.get('queue_ms', 0):.2f} + tensors in/out "

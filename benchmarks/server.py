@@ -7,8 +7,9 @@ tritonserver on free ports with `serving.server.TritonServer`, or use a running 
   request as soon as the previous answer arrives, for a fixed time;
 - open loop: Poisson arrivals at a rate (requests/s; by default fractions of the closed-loop peak),
   latency measured from the scheduled arrival, so a saturated server shows up as growing latency;
-- both for the ensemble `phoenix` (ranker + postprocess) and for the ranker alone `phoenix_ranker`
-  (the difference is what the ensemble costs);
+- both for `phoenix` (named scores: on the cpu target the engine and the scoring in one process, elsewhere
+  an ensemble of the ranker and the postprocess) and for the ranker alone `phoenix_ranker` (the difference is
+  what the scoring costs);
 - per step, Triton's own split per model (queue, compute_input, compute_infer, compute_output, average
   batch size) from the statistics API, as the difference of the counters before and after the step;
 - peak memory (RSS) of the server process plus its Python-backend stub processes, sampled every 50 ms

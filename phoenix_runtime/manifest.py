@@ -34,6 +34,8 @@ CANDIDATE_TOWER = "phoenix_candidate_tower"          # candidate hashes -> candi
 RETRIEVAL = "phoenix_retrieval"                      # user tower + top-k over the corpus
 PIPELINE = "phoenix_pipeline"                        # raw ids -> retrieval -> ranking -> named scores, in one request
 ENGINE_MODELS = (RANKER, RANKER_EMBEDDINGS, USER_TOWER, CANDIDATE_TOWER)
+SERVED_MODELS = (ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE, RANKER, RANKER_EMBEDDINGS, POSTPROCESS, USER_TOWER,
+                 CANDIDATE_TOWER, RETRIEVAL)       # every model a build may serve
 
 
 class ManifestError(RuntimeError):

@@ -263,9 +263,8 @@ def test_quick_run_of_both_modes_writes_json_report_and_plots(tmp_path):
                     ("phoenix", "poisson", None), ("phoenix_ranker", "poisson", None)}
     for r in srv["results"]:
         assert not r["errors"] and r["p50_ms"] <= r["p99_ms"]
-        assert r["server_stats"]["phoenix_ranker"]["compute_infer_ms"] > 0
-        if r["model"] == "phoenix":   # the ensemble's steps show up as their own models
-            assert {"phoenix", "phoenix_ranker", "phoenix_postprocess"} <= set(r["server_stats"])
+        # the model called, with Triton's own split (phoenix on the cpu target: the engine and the scoring in one)
+        assert r["server_stats"][r["model"]]["compute_infer_ms"] > 0
 
     md = (out / "report.md").read_text()
     for text in ("## Engine mode", "| engine | scenario |", "## Server mode", "Ensemble cost", "How FLOPs are counted"):

@@ -547,7 +547,7 @@ def test_model_repository_is_mounted_not_baked_in():
         if word in ("COPY", "ADD"):
             assert "triton_repo" not in rest and "/models" not in rest, f"{word} {rest}: the repository is mounted"
     exposed = " ".join(rest for word, rest in instructions() if word == "EXPOSE").split()
-    assert sorted(map(int, exposed)) == [8000, 8001, 8002]
+    assert sorted(map(int, exposed)) == [8000, 8001, 8002, 8003]      # 8003: our health endpoint
 
 
 def test_dockerignore_lets_in_exactly_what_the_image_copies():

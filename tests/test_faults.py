@@ -118,15 +118,19 @@ def test_candidates_far_above_the_limit_are_refused_fast_and_memory_stays(server
                 elapsed = time.monotonic() - t0
                 assert not ok and is_bad_input(status), (status, message)
                 assert limit in message, message
-                assert elapsed < 1.0, f"C = {c} over {protocol} refused after {elapsed:.2f} s"
+                assert elapsed < 5.0, f"C = {c} over {protocol} refused after {elapsed:.2f} s"   # not parsed
                 slowest = max(slowest, elapsed)
                 refused_mb += sum(a.nbytes for a in big.values()) / 2 ** 20
-    after = server_memory_mb(server.process.pid)
+    peak = server_memory_mb(server.process.pid)
+    deadline = time.monotonic() + 60          # the supervisor gives a grown shared-memory region back (it polls)
+    while (after := server_memory_mb(server.process.pid)) - before >= 150 and time.monotonic() < deadline:
+        time.sleep(1.0)
     print(f"\nrefused {refused_mb:.0f} MiB of over-limit requests (C up to 230,000), each in at most {slowest:.3f} s; "
-          f"server PSS {before:.0f} -> {after:.0f} MiB")
+          f"server PSS {before:.0f} -> {peak:.0f} -> {after:.0f} MiB")
     # Triton reads a body whole before any model code: a refused request passes once through its buffers and the
-    # ranker's shared memory, which rise to a plateau (measured about +70 MiB here) and are not kept per request
-    # (about 130 MiB were refused); the issue saw 1.4 GB kept for one request of C = 100,000
+    # model's shared memory, which grow (the supervisor reloads a model whose region grew past twice the request
+    # limit, in place) and are not kept per request (about 130 MiB were refused); the issue saw 1.4 GB kept for
+    # one request of C = 100,000
     assert after - before < 150, f"server memory grew from {before:.0f} MiB to {after:.0f} MiB"
     ok, _ = infer(server.grpc_url, base)
     assert ok
@@ -349,12 +353,13 @@ def test_cli_separates_input_errors_from_transport_errors(server):
         return subprocess.run([sys.executable, "-m", "serving.client", "score", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120)
 
-    ok = cli("--url", server.grpc_url, "--json", "--history", "5:1:favorite, reply:2", "--candidate", "11:1:0",
-             "--candidate", "12:2:3")
+    ok = cli("--url", server.grpc_url, "--json", "--user-id", "42", "--history", "5:1:favorite, reply:2",
+             "--candidate", "11:1:0", "--candidate", "12:2:3")
     assert ok.returncode == 0, ok.stderr
     bad = cli("--url", server.grpc_url, "--candidate", "11:1")
     assert bad.returncode == 2 and "input error" in bad.stderr, bad.stderr
-    unknown = cli("--url", server.grpc_url, "--history", "5:1:no_such_action:2")
+    unknown = cli("--url", server.grpc_url, "--user-id", "42", "--history", "5:1:no_such_action:2", "--candidate",
+                  "11:1:0")
     assert unknown.returncode == 2 and "no_such_action" in unknown.stderr, unknown.stderr
     from serving.server import free_port
     down = cli("--url", f"127.0.0.1:{free_port()}")
@@ -424,7 +429,7 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
             request = demo_request(client.actions, seed=5, num_candidates=6)
             before = client.score(**request).ranking
             triton = tritonserver_of(box.process.pid)
-            os.kill(stub_of(triton, RANKER)[0], signal.SIGKILL)
+            os.kill(stub_of(triton, ENSEMBLE)[0], signal.SIGKILL)      # the model the client calls
             deadline, after = time.monotonic() + 60, None
             while after is None and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -440,7 +445,7 @@ def test_container_entry_point_heals_and_forwards_sigterm(repo, tmp_path):
     # 0, or 1 when the killed instance's unload still waits for its dead stub (Triton's stub timeout, 30 s)
     # as --exit-timeout-secs runs out: tritonserver then exits at once, still through its own shutdown
     assert box.process.returncode == 0 or (box.process.returncode == 1 and "Exit timeout expired" in err), err[-3000:]
-    assert f"'{RANKER}' reloaded" in err, err[-3000:]
+    assert f"'{ENSEMBLE}' reloaded" in err, err[-3000:]
     assert not no_process_left(triton, [], timeout=10)
 
 
@@ -451,8 +456,9 @@ HANG_TIMEOUT = 8.0          # the module server's --hang-timeout
 
 def test_a_stopped_model_process_is_killed_and_reloaded(server, client, events):
     """A stub that stops (SIGSTOP, a cgroup freezer) is alive but answers nothing: Triton fails every request to
-    its model as "not healthy", for good. The supervisor kills it after the hang timeout and heals the model."""
-    model = POSTPROCESS
+    its model as "not healthy", for good. The supervisor kills it after the hang timeout and heals the model. The
+    stopped process is that of `phoenix`, the model the requests go to."""
+    model = ENSEMBLE
     arrays = request_arrays(client, seed=300)
     ok, expected = infer(server.grpc_url, arrays)
     assert ok, expected

@@ -53,7 +53,8 @@ TABLE_ROW = re.compile(r"^│\s*(\d+)\s*│(.*)│\s*$")
 NEEDS = {
     "suite": re.compile(r"-m pytest\b"),                                  # the test suite itself (.ci/run runs it)
     "gpu": re.compile(r"gpu-tensorrt|gpu-onnxruntime|gpu-python|tests/gpu|gpu_run\.sh|--engines \S*tensorrt"
-                      r"|\bdocker\b|\bkubectl\b|nvcr\.io"),               # a CUDA GPU, TensorRT, NVIDIA's container
+                      r"|\bdocker\b|nvcr\.io"),                          # a CUDA GPU, TensorRT, NVIDIA's container
+    "cluster": re.compile(r"\bkubectl\b"),                               # a Kubernetes cluster
     "benchmark": re.compile(r"-m benchmarks\b"),                          # timing runs of minutes: never in tests
 }
 

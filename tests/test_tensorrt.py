@@ -170,7 +170,7 @@ def test_tensorrt_options_come_from_the_build_command_line():
     assert eng.kinds == ("tensorrt",) and eng.aoti_device == "cpu"
     assert eng.tensorrt == TensorRTOptions("B=1:4:32", 2.0, args.trt_timing_cache, True, True)
     assert eng.tensorrt.timing_cache, "the timing cache persists by default, outside the model repository"
-    limits = Limits(opts.max_batch_size, opts.max_candidates, 32, candidate_sizes=opts.candidate_sizes)
+    limits = opts.limits.with_history(32)
     assert default_profile(limits) == {"B": (1, 8, 32), "C": (1, 64, 512)}
     assert parse_profile(eng.tensorrt.profile, default_profile(limits)) == {"B": (1, 4, 32), "C": (1, 64, 512)}
 

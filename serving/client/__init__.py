@@ -41,7 +41,7 @@ import numpy as np
 from export.keys import check_keys, closest, unknown_key
 from phoenix_runtime.batching import stack_rows
 from phoenix_runtime.hashing import hash_ids, hash_params_from
-from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE, POSTPROCESS, RETRIEVAL
+from phoenix_runtime.manifest import ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE, POSTPROCESS, RETRIEVAL, SERVED_MODELS
 from phoenix_runtime.request import Limits, RequestError, check_request
 from phoenix_runtime.scoring import PHOENIX_SCORES
 
@@ -175,10 +175,10 @@ class PhoenixClient:
         try:
             meta = self._rpc(self.triton.get_model_metadata, model, what=f"{model}'s metadata")
         except PhoenixServerError as e:
-            index = self._rpc(self.triton.get_model_repository_index, what="the model repository index")
-            names = sorted(m["name"] for m in (index.get("models", []) if isinstance(index, dict) else index))
-            if model not in names:
-                raise PhoenixInputError(unknown_key(model, names, f"the server at {self.url}", what="model")) from None
+            # the repository index is an operator's API (closed to clients): name the models a build serves
+            if model not in SERVED_MODELS:
+                raise PhoenixInputError(unknown_key(model, SERVED_MODELS, "a Phoenix repository",
+                                                    what="model")) from None
             raise e from None
         cfg = self.model_config(model)
         optional = {i["name"]: bool(i.get("optional")) for i in cfg.get("input", [])}
