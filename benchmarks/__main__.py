@@ -12,6 +12,7 @@ from benchmarks import report as report_mod
 from benchmarks import server as server_mod
 from benchmarks.env import environment
 from benchmarks.measure import Budget
+from benchmarks.options import positive, positive_floats, positive_ints
 from benchmarks.progress import console
 from benchmarks.progress import progress as _progress
 from phoenix_torch import PRESETS
@@ -19,36 +20,6 @@ from phoenix_torch import PRESETS
 DEFAULT_CACHE = Path.home() / ".cache" / "phoenix_benchmarks"   # exported engines and built repositories
 
 FULL_CPU_COMMAND = report_mod.REPRODUCE["cpu"]
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return vals
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        vals = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected numbers > 0, got {text!r}")
-    return vals
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return v
 
 
 def _names(allowed):
@@ -65,7 +36,7 @@ def _preset_ints(item: str) -> tuple[str, tuple[int, ...]]:
     """"mini=1,16,64" -> ("mini", (1, 16, 64)); "1,16" -> ("*", (1, 16)) (every preset)."""
     preset, _, vals = item.rpartition("=")
     try:
-        return preset or "*", _ints(vals)
+        return preset or "*", positive_ints(vals)
     except argparse.ArgumentTypeError as e:
         raise argparse.ArgumentTypeError(f"{item!r}: {e}") from None
 
@@ -99,7 +70,7 @@ def add_engine_args(ap: argparse.ArgumentParser):
     g.add_argument("--candidates", nargs="+", type=_preset_ints, default=None, metavar="[PRESET=]C,C,...",
                    help="candidates per user measured at B=1 (the latency vs C curve); per preset or for all. "
                         "Default: mini 16,64,256,1000; nano 64")
-    g.add_argument("--base-c", type=_positive, default=None, help="candidates per user of the batch sweep (default: 64)")
+    g.add_argument("--base-c", type=positive, default=None, help="candidates per user of the batch sweep (default: 64)")
     g.add_argument("--big-c-presets", type=_names(PRESETS), default=None,
                    help="presets that get the 1000-candidates scenarios (one pass isolated / dense vs 16 chunks of "
                         "64, sequential and batched); default: mini")
@@ -111,14 +82,14 @@ def add_engine_args(ap: argparse.ArgumentParser):
     g.add_argument("--dense-engines", type=_names(engine_mod.DIRECT_ENGINES), default=None,
                    help="engines that also run the 1000-candidate pass with dense attention (another model, so "
                         "another compilation for compiled engines); default: torch on cpu, torch,cuda_graph on cuda")
-    g.add_argument("--vocab", type=_positive, default=None,
+    g.add_argument("--vocab", type=positive, default=None,
                    help="rows per hash table of the benchmark models (default: 65536; the FLOPs do not depend on it)")
-    g.add_argument("--threads", type=_positive, default=None,
+    g.add_argument("--threads", type=positive, default=None,
                    help="CPU threads of torch (torch.set_num_threads; AOTInductor shares them) and of ONNX Runtime "
                         "(intra-op). Default: their own default, one per core. On a machine shared with other jobs "
                         "1 is far steadier: spinning thread pools lose whole time slices")
     g.add_argument("--warmup", type=int, default=None, help="untimed calls before timing each point (default: 3)")
-    g.add_argument("--min-reps", type=_positive, default=None, help="fewest timed calls per point (default: 10)")
+    g.add_argument("--min-reps", type=positive, default=None, help="fewest timed calls per point (default: 10)")
     g.add_argument("--seconds", type=float, default=None,
                    help="time budget per point once --min-reps calls are done, if the median is not yet stable "
                         "(default: 2)")
@@ -141,16 +112,16 @@ def add_server_args(ap: argparse.ArgumentParser):
     g.add_argument("--full-presets", type=_names(PRESETS), default=None,
                    help="presets that get the whole concurrency sweep and the Poisson runs; the others are measured "
                         "at concurrency 1 only (default: mini)")
-    g.add_argument("--concurrency", type=_ints, default=None,
+    g.add_argument("--concurrency", type=positive_ints, default=None,
                    help="closed-loop concurrency levels (default: 1,2,4,8,16,32,64)")
     g.add_argument("--models", type=_names(server_mod.MODELS), default=None,
                    help="served models to load: phoenix (ensemble), phoenix_ranker (default: both)")
-    g.add_argument("--users", type=_positive, default=None, help="users per request (default: 1)")
-    g.add_argument("--server-candidates", type=_positive, default=None,
+    g.add_argument("--users", type=positive, default=None, help="users per request (default: 1)")
+    g.add_argument("--server-candidates", type=positive, default=None,
                    help="candidates per user per request (default: 64, at most the served limit)")
     g.add_argument("--step-seconds", type=float, default=None,
                    help="duration of each closed-loop step (default: 3)")
-    g.add_argument("--poisson-rates", type=_floats, default=None,
+    g.add_argument("--poisson-rates", type=positive_floats, default=None,
                    help="open-loop arrival rates in requests/s (default: 0.5 and 0.9 of the closed-loop peak)")
     g.add_argument("--poisson-seconds", type=float, default=None, help="duration of each open-loop run (default: 5)")
     g.add_argument("--build-arg", action="append", default=None, metavar="ARG",

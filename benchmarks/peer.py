@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import upstream_peer
+from benchmarks.options import positive, positive_ints, seconds
 from benchmarks.release import RELEASE_CORPUS, RELEASE_VOCAB, synthesize, timed_build
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -69,36 +70,6 @@ PARTS = {"user_tower": ("hash + user tower", ("check_and_hash", "user_tower")),
 
 # ------------------------------------------------------------------------------------------ options
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _levels(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.peer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--upstream-dtype", choices=upstream_peer.DTYPES, default=upstream_peer.DTYPES[0],
                     help="upstream's forward precision: bfloat16 (its default: run_pipeline.py as shipped) or "
                          "float32 (ours serves float32). Default: bfloat16")
-    ap.add_argument("--upstream-timeout", type=_seconds, default=3600.0,
+    ap.add_argument("--upstream-timeout", type=seconds, default=3600.0,
                     help="seconds the peer's subprocess may take, loading included (default: 3600)")
     ap.add_argument("--out", default=DEFAULT_OUT, help=f"results folder: peer.json, peer.md, peer.png "
                                                        f"(default: {DEFAULT_OUT})")
@@ -122,18 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reuse the repository an earlier run of this command built in --work from artifacts of "
                          "the same sizes (its build time and memory, kept beside it, are reported again); only "
                          "while the sources are unchanged. Default: build every run")
-    ap.add_argument("--vocab", type=_positive, default=RELEASE_VOCAB,
+    ap.add_argument("--vocab", type=positive, default=RELEASE_VOCAB,
                     help=f"rows per hash table (default: the release's {RELEASE_VOCAB:,}); smaller only to check "
                          "the command")
-    ap.add_argument("--corpus", type=_positive, default=RELEASE_CORPUS,
+    ap.add_argument("--corpus", type=positive, default=RELEASE_CORPUS,
                     help=f"corpus posts (default: the release's {RELEASE_CORPUS:,}); at least {TOP_K}")
-    ap.add_argument("--runs", type=_positive, default=30,
+    ap.add_argument("--runs", type=positive, default=30,
                     help="pipelines timed at concurrency 1, served, in process and by the peer (default: 30)")
-    ap.add_argument("--concurrency", type=_levels, default=(1, 4, 8),
+    ap.add_argument("--concurrency", type=positive_ints, default=(1, 4, 8),
                     help="closed-loop client threads of the pipelines/s steps (default: 1,4,8)")
-    ap.add_argument("--step-seconds", type=_seconds, default=10.0,
+    ap.add_argument("--step-seconds", type=seconds, default=10.0,
                     help="duration of each closed-loop step and of each mini 1x64 model (default: 10)")
-    ap.add_argument("--peak-seconds", type=_seconds, default=2.0,
+    ap.add_argument("--peak-seconds", type=seconds, default=2.0,
                     help="seconds per measurement of benchmarks.peak (copy bandwidth, fp32 matmul peak; default: 2)")
     ap.add_argument("--note", default=None, help="a sentence printed at the top of the report (e.g. machine load)")
     return ap
@@ -434,13 +405,15 @@ def goals(result: dict) -> list[dict]:
         rows.append(_ratio_goal(f"mini 1x{MINI_CANDIDATES} served {model}", GOALS[model], mini.get("p50_ms"),
                                 forward, f"served {model} vs upstream's ranker forward (jit)"))
     build_gib = (result.get("build") or {}).get("peak_rss_gib")
-    server_mib = ((served.get("memory") or {}).get("peak_rss_mib"))
+    server_gib = (served.get("memory_after_runs") or {}).get("pss_gib")
     row = {"goal": "build + server memory", "target": f"< {MEMORY_GOAL_GB:g} GB",
-           "what": "peak RSS of export.build + peak RSS of the served process tree"}
-    if build_gib is None or server_mib is None:
+           "what": "peak RSS of export.build + PSS of the served process tree after the runs (the memory-mapped "
+                   "tables' shared pages counted once, as the kernel and a container's memory limit count them; "
+                   "the tree's RSS counts them once per process that maps them)"}
+    if build_gib is None or server_gib is None:
         row.update(met=None, short_by="not measured")
     else:
-        gb = (build_gib * 2**30 + server_mib * 2**20) / 1e9
+        gb = (build_gib + server_gib) * 2**30 / 1e9
         row.update(measured_gb=round(gb, 2), met=gb < MEMORY_GOAL_GB)
         if not row["met"]:
             row["short_by"] = f"{gb - MEMORY_GOAL_GB:.2f} GB over"

@@ -32,7 +32,7 @@ from rich.table import Table
 
 from export import repository as repo, tensorrt
 from export.artifacts import ArtifactsError, Corpus
-from export.corpus import write_corpus
+from export.corpus import INDEX_CHOICES, IVFPQ_PARAMS, IndexParamError, parse_index_params, write_corpus
 from export.engines import (CHOICE_DIMS, KINDS as ENGINE_KINDS, EngineOptions, TensorRTOptions, build_engines,
                             fastest_cpu_engine, resolve_kinds)
 from export.graphs import GRAPH_BUILDERS, GraphSpec, hashes_in
@@ -160,8 +160,9 @@ def synthetic_corpus(models: Models, size: int, corpus_file: str | None) -> Corp
 # ---------------------------------------------------------------------------------------------- the build
 
 def served_records(models: Models, specs: dict[str, GraphSpec], opts: repo.RepositoryOptions, engine: str,
-                   corpus: Corpus | None) -> dict[str, dict]:
-    """The manifest's `served` section: one record per Triton model, in the target's layout."""
+                   corpus: Corpus | None, index: dict | None) -> dict[str, dict]:
+    """The manifest's `served` section: one record per Triton model, in the target's layout (`index`: the corpus
+    search's fields, from write_corpus)."""
     host = opts.target in repo.HOST_TARGETS
     served = {}
     for model, graph in repo.graph_names(opts.target, models.retrieval is not None).items():
@@ -182,7 +183,7 @@ def served_records(models: Models, specs: dict[str, GraphSpec], opts: repo.Repos
                                                          served[POSTPROCESS])
     if corpus is not None:
         served[RETRIEVAL] = repo.retrieval_record(served[USER_TOWER]["inputs"], models.retrieval.config.emb_size,
-                                                    opts.top_k, opts.retrieval_index, len(corpus.post_ids),
+                                                    opts.top_k, index, len(corpus.post_ids),
                                                     corpus.topics is not None)
         if repo.pipeline_scores(served[POSTPROCESS]):
             served[PIPELINE] = repo.pipeline_record(served[USER_TOWER], served[RANKER], served[POSTPROCESS],
@@ -246,12 +247,14 @@ def _build_into(stage: Path, source: ModelSource, opts: repo.RepositoryOptions, 
     if opts.target == "cpu" and not opts.python_engine:     # the fastest of the engines built, measured here
         ranker = names[RANKER]
         engine, timings = fastest_cpu_engine(specs[ranker], artifacts, stage)
-    corpus = None
+    corpus, index = None, None
     if models.retrieval is not None:
         with console.status("computing the retrieval corpus"):
             corpus = models.corpus or synthetic_corpus(models, opts.corpus_size, opts.corpus_file)
-            artifacts += write_corpus(corpus, stage, opts.retrieval_index)
-    served = served_records(models, specs, opts, engine, corpus)
+        with console.status(f"writing the retrieval corpus ({opts.retrieval_index} search)"):
+            arts, index = write_corpus(corpus, stage, opts.retrieval_index, opts.index_params)
+            artifacts += arts
+    served = served_records(models, specs, opts, engine, corpus, index)
     placed = repo.place_platform_engines(stage, served, artifacts, opts.target)
     manifest = {
         "format": FORMAT, "release": models.release, "preset": None if source.artifacts else source.preset,
@@ -447,9 +450,13 @@ def parser() -> argparse.ArgumentParser:
                      help="retrieval corpus: .npz with post_ids, author_ids and optional candidate_representations "
                           "[N, D] (else computed by the candidate tower) and topics")
     rep.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="largest number of posts phoenix_retrieval returns")
-    rep.add_argument("--retrieval-index", choices=("exact", "faiss"), default="exact",
-                     help="exact top-k (default) or an approximate FAISS HNSW index (faiss-cpu; recall measured in "
-                          "the benchmarks)")
+    rep.add_argument("--retrieval-index", choices=INDEX_CHOICES, default="exact",
+                     help="exact top-k (default; the float32 corpus in memory), a FAISS HNSW index (hnsw; faiss is "
+                          "its old name) or a compressed FAISS IVF-PQ index (ivfpq: tens of bytes per post, the "
+                          "float32 corpus not in memory); faiss-cpu; recall measured by python -m benchmarks.ann")
+    rep.add_argument("--index-param", action="append", default=[], metavar="KEY=VALUE",
+                     help="an ivfpq parameter (repeatable; the rest derived from the corpus size N): "
+                          + "; ".join(f"{key}: {h}" for key, h in IVFPQ_PARAMS.items()))
     rep.add_argument("--weight", action="append", default=[], metavar="NAME=VALUE",
                      help="home-mixer scoring parameter of phoenix_postprocess, e.g. --weight report=-300, "
                           "--weight oon_factor=0.5 (repeatable; recorded in the manifest)")
@@ -488,6 +495,7 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
             name = name.strip()
             weights[name if name in SCALAR_PARAMS else f"weight.{name}"] = value.strip()
         scoring_params(weights)            # unknown names and non-numbers fail here, in seconds
+        index_params = parse_index_params(args.retrieval_index, args.index_param)
         limits = Limits(args.max_batch_size, args.max_candidates, None, int(args.max_request_mb * (1 << 20)), sizes)
         if args.trt_profile:             # a profile narrower than the limits fails now, not after the export
             tensorrt.check_against_limits(tensorrt.parse_profile(args.trt_profile, tensorrt.default_profile(limits)),
@@ -503,7 +511,8 @@ def options_from(args, p) -> tuple[ModelSource, repo.RepositoryOptions, EngineOp
         python_instances=args.python_instances if args.python_instances is not None else instances,
         engine_cache=args.engine_cache,
         python_engine=args.python_engine, ort_tensorrt=args.ort_tensorrt, corpus_size=args.corpus,
-        corpus_file=args.corpus_file, top_k=args.top_k, retrieval_index=args.retrieval_index, weights=weights)
+        corpus_file=args.corpus_file, top_k=args.top_k, retrieval_index=args.retrieval_index,
+        index_params=index_params, weights=weights)
     trt = TensorRTOptions(args.trt_profile, args.trt_workspace_gb, args.trt_timing_cache, args.trt_version_compatible,
                           args.trt_hardware_compatible)
     return source, opts, EngineOptions(kinds, args.aoti_device, trt), BuildOptions(Path(args.output), args.opset)
@@ -533,6 +542,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         console.print(f"[red]build interrupted: {build_opts.output} was left as it was[/]", soft_wrap=True)
         return 130
+    except IndexParamError as e:    # an index option the corpus cannot take (known once N and D are): a usage error
+        console.print(f"[bold red]build failed:[/] {e}; {build_opts.output} was left as it was", soft_wrap=True)
+        return 2
     except Exception as e:  # every failure ends the same way: a message, the output untouched, exit 1
         if _interrupted(e):   # a library (the ONNX exporter) wrapped the interrupt in its own error
             console.print(f"[red]build interrupted: {build_opts.output} was left as it was[/]", soft_wrap=True)

@@ -27,6 +27,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import phoenix_runtime
 from export.tensorrt import default_profile
+from phoenix_runtime.ann import canonical_kind
 from phoenix_runtime.engines import ARTIFACT_KIND, PACKAGE
 from phoenix_runtime.manifest import (CANDIDATE_TOWER, ENGINE_MODELS, ENSEMBLE, ENSEMBLE_EMBEDDINGS, PIPELINE,
                                       POSTPROCESS, RANKER, RANKER_EMBEDDINGS, RETRIEVAL, USER_TOWER, VERSION, Artifact,
@@ -71,7 +72,8 @@ class RepositoryOptions:
     corpus_size: int = 1000               # synthetic corpus (seeded builds)
     corpus_file: str | None = None
     top_k: int = DEFAULT_TOP_K
-    retrieval_index: str = "exact"        # or "faiss" (approximate, faiss-cpu)
+    retrieval_index: str = "exact"        # or "hnsw" ("faiss"), "ivfpq": approximate, faiss-cpu (export.corpus)
+    index_params: dict = field(default_factory=dict)   # the index parameters the user set (export.corpus)
     weights: dict = field(default_factory=dict)   # scoring parameter strings (`weight.<name>` ...)
 
 
@@ -105,8 +107,8 @@ def python_engine_kind(target: str, built: set[str], requested: str | None) -> s
 
 def check_image(target: str, retrieval_index: str) -> None:
     """A GPU repository must load in deploy/Dockerfile's image: ValueError naming what it lacks."""
-    if target != "cpu" and retrieval_index == "faiss" and "faiss" not in IMAGE_PACKAGES:
-        raise ValueError("--retrieval-index faiss on a GPU target needs faiss in the server image, which "
+    if target != "cpu" and canonical_kind(retrieval_index) != "exact" and "faiss" not in IMAGE_PACKAGES:
+        raise ValueError(f"--retrieval-index {retrieval_index} on a GPU target needs faiss in the server image, which "
                          "deploy/Dockerfile does not install: add faiss-cpu to its EXTRA_PIP_PACKAGES and to "
                          "export.repository.IMAGE_PACKAGES, or keep the exact search")
 
@@ -194,8 +196,10 @@ def pipeline_record(tower: dict, ranker: dict, post: dict, retrieval: dict) -> d
             "engines": {"tower": USER_TOWER, "ranker": RANKER}}
 
 
-def retrieval_record(user_inputs: list[dict], emb_size: int, top_k: int, index: str, corpus_rows: int,
+def retrieval_record(user_inputs: list[dict], emb_size: int, top_k: int, index: dict, corpus_rows: int,
                      topics: bool) -> dict:
+    """phoenix_retrieval's record; `index` holds the corpus search's fields (export.corpus.write_corpus: index,
+    index_params, index_options)."""
     topic_out = [{"name": "top_k_topics", "dtype": "bytes", "shape": ["B", "K"]}] if topics else []
     return {"backend": "python", "inputs": user_inputs,
             "request_inputs": [{"name": "corpus_mask", "dtype": "bool", "shape": ["B", "N"], "optional": True},
@@ -205,7 +209,7 @@ def retrieval_record(user_inputs: list[dict], emb_size: int, top_k: int, index: 
                         {"name": "top_k_author_ids", "dtype": "uint64", "shape": ["B", "K"]},
                         {"name": "top_k_scores", "dtype": "float32", "shape": ["B", "K"]},
                         {"name": "user_representation", "dtype": "float32", "shape": ["B", emb_size]}, *topic_out],
-            "top_k": top_k, "index": index, "corpus_rows": corpus_rows}
+            "top_k": top_k, **index, "corpus_rows": corpus_rows}
 
 
 # ---------------------------------------------------------------- configs (pure)

@@ -7,8 +7,9 @@
 The corpus lives beside phoenix_retrieval's model.py: `corpus.npy` (L2-normalised candidate representations
 [N, D], memory-mapped), `corpus_post_ids.npy` / `corpus_author_ids.npy` (uint64), optional `corpus_topics.npy`,
 the exact search's scan `corpus_scan.onnx` and, when the build chose one, a FAISS index `corpus.faiss`.
-Exact search (topk.PrunedSearch: exact_top_k's answer) unless the manifest names the FAISS index; a request
-with a corpus_mask is always searched exactly.
+Exact search (topk.PrunedSearch: exact_top_k's answer) unless the manifest's `index` names a FAISS index
+(hnsw or ivfpq, searched by phoenix_runtime.ann, masks included; an ivfpq index keeps the float32 corpus out of
+memory: corpus.npy is memory-mapped for the rows it rescores, or absent).
 
 Standard library and numpy only (onnxruntime / faiss imported when the corpus opens): part of phoenix_runtime,
 which the build copies whole into the repository.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import ann
 from .host import resident
 from .manifest import RETRIEVAL, VERSION, ManifestError, find_artifact
 from .topk import Int8Scan, PrunedSearch, check_mask, check_top_k
@@ -36,8 +38,8 @@ def _int8_scan(root: Path, manifest: dict):
 class ServedCorpus:
     def __init__(self, folder: Path, record: dict, search, index=None):
         self.record, self.max_k = record, int(record["top_k"])
-        self.post_ids = np.load(folder / "corpus_post_ids.npy")
-        self.author_ids = np.load(folder / "corpus_author_ids.npy")
+        self.post_ids = np.load(folder / "corpus_post_ids.npy", mmap_mode="r")     # only returned rows are read
+        self.author_ids = np.load(folder / "corpus_author_ids.npy", mmap_mode="r")
         topics = folder / "corpus_topics.npy"
         self.topics = np.load(topics) if topics.exists() else None
         self.search, self.index = search, index
@@ -48,12 +50,10 @@ class ServedCorpus:
         root = Path(root)
         folder = root / RETRIEVAL / VERSION
         record = manifest["served"][RETRIEVAL]
+        if ann.canonical_kind(record["index"]) != "exact":
+            return cls(folder, record, None, ann.load(folder, record))
         corpus = resident(np.load(folder / "corpus.npy", mmap_mode="r"))    # rescored rows: no page faults
-        index = None
-        if record["index"] == "faiss":
-            import faiss
-            index = faiss.read_index(str(folder / "corpus.faiss"))
-        return cls(folder, record, PrunedSearch(corpus, _int8_scan(root, manifest)), index)
+        return cls(folder, record, PrunedSearch(corpus, _int8_scan(root, manifest)))
 
     def options(self, top_k, corpus_mask, users: int) -> tuple[int, np.ndarray | None]:
         """The request's K (one value per request, default the built maximum) and its corpus mask; ValueError
@@ -75,12 +75,12 @@ class ServedCorpus:
         """Every retrieval output for user representations [B, D]: top_k_indices (corpus rows), top_k_post_ids,
         top_k_author_ids, top_k_scores (best first), user_representation and, with topics, top_k_topics."""
         users = np.ascontiguousarray(users, dtype=np.float32)
-        if self.index is not None and mask is None:
-            scores, idx = self.index.search(users, k)
+        if self.index is not None:
+            idx, scores = self.index.search(users, k, mask)
         else:
             idx, scores = self.search(users, k, mask)
-        out = {"top_k_indices": idx.astype(np.int64), "top_k_post_ids": self.post_ids[idx],
-               "top_k_author_ids": self.author_ids[idx], "top_k_scores": scores.astype(np.float32),
+        out = {"top_k_indices": idx.astype(np.int64), "top_k_post_ids": np.asarray(self.post_ids[idx]),
+               "top_k_author_ids": np.asarray(self.author_ids[idx]), "top_k_scores": scores.astype(np.float32),
                "user_representation": users}
         if self.topics is not None:
             out["top_k_topics"] = np.array([[str(t).encode() for t in row] for row in self.topics[idx]],

@@ -50,8 +50,8 @@ import urllib.request
 from pathlib import Path
 
 from serving.supervisor import (ADMIN_HEADER, DRAIN_SECONDS, GRPC_ADMIN_HEADER, HANG_TIMEOUT, HANG_TIMEOUT_HELP,
-                                IGNORED, MAX_RESTARTS, SHM, ServerSupervisor, admin_headers, check_admin_key,
-                                new_admin_key)
+                                IGNORED, MAX_RESTARTS, SHM, STARTUP_TIMEOUT, ServerSupervisor, admin_headers,
+                                check_admin_key, new_admin_key)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -217,7 +217,7 @@ class TritonServer:
 
     def __init__(self, model_repository, host: str = "127.0.0.1", http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 startup_timeout: float = 300.0, extra_args: list[str] | None = None,
+                 startup_timeout: float = STARTUP_TIMEOUT, extra_args: list[str] | None = None,
                  log_path: str | Path | None = None, check_ports: bool = True, supervise: bool = True,
                  model_control: str = "explicit", on_event=None, python: str | Path | None = None,
                  hang_timeout: float = HANG_TIMEOUT, health_port: int | None = None, admin_key: str | None = None,
@@ -428,8 +428,8 @@ def main(argv=None):
     ap.add_argument("--max-restarts", type=int, default=MAX_RESTARTS,
                     help=f"restarts of a dead tritonserver within 10 minutes before the launcher gives up and "
                          f"exits 1 (default: {MAX_RESTARTS}; 0: never restart)")
-    ap.add_argument("--startup-timeout", type=float, default=300.0,
-                    help="seconds to wait for every model to load and warm up (default: 300)")
+    ap.add_argument("--startup-timeout", type=float, default=STARTUP_TIMEOUT,
+                    help=f"seconds to wait for every model to load and warm up (default: {STARTUP_TIMEOUT:.0f})")
     ap.add_argument("--log-file", default=None, help="write the server log here (default: a temporary file)")
     ap.add_argument("--verbose", action="store_true", help="also print the server log while it runs")
     ap.add_argument("--model-control-mode", choices=("explicit", "none", "poll"), default="explicit",

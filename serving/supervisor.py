@@ -86,6 +86,8 @@ HEALTH_PORT = 8003                  # our health endpoint in the container (depl
 DRAIN_SECONDS = 5.0                 # serving on after SIGTERM while readiness is red
 DRAIN_ENV = "PHOENIX_DRAIN_SECONDS"
 MAX_RESTARTS, RESTART_WINDOW = 5, 600.0     # more restarts than this within the window: give up
+LOAD_TIMEOUT = 600.0        # seconds one model (re)load may take (a GPU engine builds its profiles while loading)
+STARTUP_TIMEOUT = 600.0     # seconds a (re)started tritonserver may take to load every model and be ready
 FIRST_BACKOFF, MAX_BACKOFF = 1.0, 30.0      # seconds before restart n: FIRST_BACKOFF * 2**(n-1), at most MAX_BACKOFF
 SHM_MIN_LIMIT = 64 * 2 ** 20        # a model's shared-memory region above max(this, 2 x max_request_bytes) is freed
 SHM_RELOAD_COOLDOWN = 10.0          # seconds between two such reloads of one model
@@ -360,7 +362,7 @@ class StubSupervisor:
     `events`: one dict per heal attempt {"model", "pids", "reloaded", "seconds", "time", "attempt", "error"}."""
 
     def __init__(self, server_pid: int, http_base: str, on_event=print, interval: float = 0.5,
-                 load_timeout: float = 300.0, max_backoff: float = 60.0, grace: float = 1.5,
+                 load_timeout: float = LOAD_TIMEOUT, max_backoff: float = 60.0, grace: float = 1.5,
                  metrics_url: str | None = None, hang_timeout: float = HANG_TIMEOUT, admin_key: str | None = None,
                  shm_limit: int = 0, events: list | None = None):
         self.pid, self.base, self.on_event, self.interval = server_pid, http_base.rstrip("/"), on_event, interval
@@ -686,9 +688,9 @@ class ServerSupervisor:
     def __init__(self, command: list[str], http_base: str, *, env: dict | None = None,
                  metrics_url: str | None = None, admin_key: str | None = None, models: list[str] | None = None,
                  health_host: str = "127.0.0.1", health_port: int = HEALTH_PORT, on_event=print,
-                 heal: bool = True, interval: float = 0.5, load_timeout: float = 300.0,
+                 heal: bool = True, interval: float = 0.5, load_timeout: float = LOAD_TIMEOUT,
                  hang_timeout: float = HANG_TIMEOUT, max_restarts: int = MAX_RESTARTS,
-                 restart_window: float = RESTART_WINDOW, startup_timeout: float = 600.0,
+                 restart_window: float = RESTART_WINDOW, startup_timeout: float = STARTUP_TIMEOUT,
                  shm_limit: int | None = None, log_path: str | Path | None = None, new_session: bool = False):
         self.command, self.base = server_flags(command, admin_key), http_base.rstrip("/")
         self.env = dict(os.environ if env is None else env)
@@ -952,10 +954,11 @@ def main(argv=None) -> int:
                     help=f"start without ${ADMIN_KEY_ENV}: the model repository (load with uploaded code, unload), "
                          f"shared-memory, logging and trace APIs are then open to every client")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between looks at the stubs (default: 0.5)")
-    ap.add_argument("--load-timeout", type=float, default=600.0,
-                    help="seconds one model reload may take (default: 600)")
-    ap.add_argument("--startup-timeout", type=float, default=600.0,
-                    help="seconds a restarted tritonserver may take to be ready before it is killed (default: 600)")
+    ap.add_argument("--load-timeout", type=float, default=LOAD_TIMEOUT,
+                    help=f"seconds one model reload may take (default: {LOAD_TIMEOUT:.0f})")
+    ap.add_argument("--startup-timeout", type=float, default=STARTUP_TIMEOUT,
+                    help=f"seconds a restarted tritonserver may take to be ready before it is killed "
+                         f"(default: {STARTUP_TIMEOUT:.0f})")
     ap.add_argument("--hang-timeout", type=float, default=HANG_TIMEOUT, help=HANG_TIMEOUT_HELP)
     ap.add_argument("--max-restarts", type=int, default=MAX_RESTARTS,
                     help=f"restarts of a dead tritonserver allowed within --restart-window before giving up "

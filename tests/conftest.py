@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # PHOENIX_GOLDEN_DIR points the tests at another folder of the same layout.
 GOLDEN_DIR = Path(os.environ.get("PHOENIX_GOLDEN_DIR", Path(__file__).resolve().parent / "golden"))
 MAY_ARTIFACTS = GOLDEN_DIR / "may" / "may_artifacts_mini"
+PIPELINE_ATOL = 1e-6   # the served pipeline (fp32) against upstream's expected_pipeline_fp32.npz (README's claim)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import MAY_ARTIFACTS
+from conftest import MAY_ARTIFACTS, PIPELINE_ATOL
 
 from export import build
 from export.artifacts import read_release
@@ -21,7 +21,6 @@ from serving.client import PhoenixClient, PhoenixInputError
 from serving.pipeline import format_table, read_sequence, run_pipeline
 from serving.server import TritonServer
 
-PIPELINE_ATOL = 1e-6   # the served pipeline (fp32) against upstream's expected_pipeline_fp32.npz (README's claim)
 
 @pytest.fixture(scope="module")
 def server(may_repo):

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BUILDS, MAY_ARTIFACTS, build_key
+from conftest import BUILDS, MAY_ARTIFACTS, PIPELINE_ATOL, build_key
 
 from serving.server import free_port
 
@@ -376,7 +376,7 @@ def test_serve_the_may_release(servers):
     assert set(got.files) == set(expected.files) - {"user_representation"}      # upstream's keys but that one
     for key in ("retrieved_post_ids", "retrieved_author_ids", "ranked"):
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
-    np.testing.assert_allclose(got["probs"], expected["probs"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got["probs"], expected["probs"], atol=PIPELINE_ATOL, rtol=0)
     written = next(ln for ln in out.splitlines() if ln.startswith("wrote pipeline.npz: "))
     assert all(f"{k} {list(expected[k].shape)}" in written for k in got.files), written
 

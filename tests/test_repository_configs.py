@@ -58,10 +58,13 @@ def built(request):
     return models, graph_specs(models, GRAPHS)
 
 
+EXACT_SEARCH = {"index": "exact", "index_params": {}, "index_options": {}}   # write_corpus's fields
+
+
 def served_records(built, opts: repo.RepositoryOptions, engine: str = "onnxruntime") -> dict:
-    """The manifest's `served` records of a build with `opts`, over a small corpus."""
+    """The manifest's `served` records of a build with `opts`, over a small corpus searched exactly."""
     models, specs = built
-    return build.served_records(models, specs, opts, engine, CORPUS)
+    return build.served_records(models, specs, opts, engine, CORPUS, EXACT_SEARCH)
 
 
 def manifest_of(built, served: dict, opts: repo.RepositoryOptions) -> dict:

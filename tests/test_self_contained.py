@@ -35,9 +35,7 @@ from serving.client import PhoenixClient
 from serving.supervisor import stubs
 
 BARE_PACKAGES = ("numpy<2", "onnxruntime", "tritonclient[grpc]")
-BUILD = ["--preset", "demo", "--target", "cpu", "--vocab", "2000", "--seed", "0", "--corpus", "64", "--top-k", "5",
-         "--engines", "none"]
-SOURCE = ModelSource(preset="demo", vocab=2000, seed=0)      # the same models as BUILD
+SOURCE = ModelSource(preset="demo", vocab=2000, seed=0)      # the models of small_repo (server_helpers.SMALL_BUILD)
 ATOL = 1e-5
 
 
@@ -73,16 +71,13 @@ def make_bare_env(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def moved_repo(tmp_path_factory):
-    """A demo build, then moved (shutil.move) to a folder of another name under another parent."""
-    from export import build
-
-    built = tmp_path_factory.mktemp("built") / "repo"
-    assert build.main([*BUILD, "--output", str(built)]) == 0
+def moved_repo(small_repo, tmp_path_factory):
+    """The session's small build (SMALL_BUILD), copied to a folder of another name under another
+    parent: (the folder it was built in, the copy)."""
     moved = tmp_path_factory.mktemp("elsewhere") / "moved_repo"
-    shutil.move(str(built), str(moved))
-    assert not built.exists() and (moved / MANIFEST).is_file()
-    return built, moved
+    shutil.copytree(small_repo, moved)
+    assert (moved / MANIFEST).is_file()
+    return small_repo, moved
 
 
 @pytest.fixture(scope="module")

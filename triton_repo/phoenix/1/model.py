@@ -19,6 +19,7 @@ from phoenix_runtime.scoring import Scorer
 
 class TritonPythonModel:
     def initialize(self, args):
+        backend.keep_request_buffers()          # a request's arrays reuse heap pages (phoenix_runtime.backend)
         self.name = args["model_name"]
         root = Path(args["model_repository"]).resolve().parent
         manifest = read_manifest(root)

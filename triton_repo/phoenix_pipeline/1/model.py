@@ -16,6 +16,7 @@ from phoenix_runtime.pipeline import Pipeline
 
 class TritonPythonModel:
     def initialize(self, args):
+        backend.keep_request_buffers()          # a request's arrays reuse heap pages (phoenix_runtime.backend)
         self.name = args["model_name"]
         root = Path(args["model_repository"]).resolve().parent
         self.pipeline = Pipeline.open(root, read_manifest(root), backend.instance_device(args),

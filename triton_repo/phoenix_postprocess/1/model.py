@@ -22,6 +22,7 @@ from phoenix_runtime.scoring import Scorer
 
 class TritonPythonModel:
     def initialize(self, args):
+        backend.keep_request_buffers()          # a request's arrays reuse heap pages (phoenix_runtime.backend)
         root = Path(args["model_repository"]).resolve().parent
         manifest = read_manifest(root)
         rec = manifest["served"][args["model_name"]]

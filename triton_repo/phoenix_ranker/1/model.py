@@ -17,6 +17,7 @@ from phoenix_runtime.manifest import read_manifest
 
 class TritonPythonModel:
     def initialize(self, args):
+        backend.keep_request_buffers()          # a request's arrays reuse heap pages (phoenix_runtime.backend)
         self.name = args["model_name"]
         root = Path(args["model_repository"]).resolve().parent
         self.host = EngineHost.open(root, read_manifest(root), self.name, backend.instance_device(args))
