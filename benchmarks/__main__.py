@@ -144,8 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", default=None,
                        help="output folder (default: benchmarks/results/<cpu|cuda>, or a temporary folder with --quick)")
         p.add_argument("--quick", action="store_true",
-                       help="reduced sweep (demo preset, short budgets) that finishes in well under a minute: a "
-                            "smoke test of the harness, not a measurement")
+                       help="reduced sweep (demo preset, short budgets) that finishes in about a minute (a first run; "
+                            "the exports are cached): a smoke test of the harness, not a measurement")
         p.add_argument("--cache-dir", default=None,
                        help="exported engines and built repositories are kept here between runs "
                             f"(default: {DEFAULT_CACHE})")

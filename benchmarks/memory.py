@@ -46,7 +46,10 @@ class MemorySampler:
     the process exists and cover its start-up.
     """
 
-    def __init__(self, pid, interval: float = 0.05):
+    # It runs in the process that times the requests: sampling every 0.05 s (walking /proc under the GIL) made
+    # the served release-size pipeline 5-12 ms slower in a measurement of 30 ms. Every 0.5 s still sees the
+    # loading peak (seconds long), and each process's own peak is its VmHWM, whatever the interval.
+    def __init__(self, pid, interval: float = 0.5):
         self.pid, self.interval = pid, interval
         self.peak_kib, self.hwm_kib, self.names = 0, {}, {}
         self._stop = threading.Event()

@@ -293,10 +293,12 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
 def measure_in_process(repo: Path, request: dict, served_posts, runs: int) -> dict:
     """The same repository's pipeline in this process: p50 of each stage of Pipeline.timings and of the whole;
     the exact search alone (the int8 or float32 scan, and the scan + exact rescoring) and the bytes it reads."""
+    from phoenix_runtime.backend import keep_request_buffers
     from phoenix_runtime.manifest import read_manifest
     from phoenix_runtime.pipeline import Pipeline
     from phoenix_runtime.topk import Int8Scan
 
+    keep_request_buffers()            # malloc as in the served model processes, so the parts compare
     pipeline = Pipeline.open(repo, read_manifest(repo))
     result = pipeline.run([request])[0]
     if isinstance(result, Exception):

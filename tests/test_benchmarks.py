@@ -223,6 +223,33 @@ def test_findings_compare_with_upstream_and_targets():
         assert text in md
 
 
+def test_the_profilers_split_a_call_into_operator_categories(tmp_path):
+    """benchmarks.profile on a small graph, in both engines: matmuls and the elementwise rest, shares summing to 1,
+    the operator count per call, the unprofiled wall time."""
+    import numpy as np
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    from benchmarks.profile import profile_onnxruntime, profile_torch
+
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 64])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "small.onnx"))
+    x = np.ones((8, 64), np.float32)
+    ort = profile_onnxruntime(tmp_path / "small.onnx", {"x": x}, runs=5)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU())
+    eager = profile_torch(module, (torch.ones(8, 64),), runs=5)
+    for prof in (ort, eager):
+        assert prof["wall_ms"] > 0 and prof["operators_per_call"] >= 2
+        assert "matmul" in prof["categories"] and sum(prof["categories"].values()) == pytest.approx(1, abs=0.01)
+        assert prof["top_ops"]
+
+
 # ------------------------------------------------------------------------------------------ a real quick run
 
 def test_quick_run_of_both_modes_writes_json_report_and_plots(tmp_path):
