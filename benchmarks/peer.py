@@ -208,14 +208,28 @@ def settled_stats(triton, before: dict, model: str, completed: int, timeout: flo
         time.sleep(0.05)
 
 
+def stable_stats(triton, timeout: float = 2.0) -> dict:
+    """Triton's statistics once two reads 0.1 s apart agree (the last warm-up request is counted a moment after
+    its answer: taken earlier, it would land in the measured interval), or after `timeout` s."""
+    from benchmarks.server import model_stats
+
+    deadline, stats = time.monotonic() + timeout, model_stats(triton)
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        again = model_stats(triton)
+        if again == stats:
+            break
+        stats = again
+    return stats
+
+
 def measure_served(repo: Path, sequence: Path, args, step) -> dict:
     """The served repository: the pipeline at concurrency 1 and its Triton statistics, pipelines/s per
     concurrency, mini 1x64 phoenix_ranker and phoenix; the server tree's memory. Also the request's arrays (for
     the in-process pipeline) and the served answer's posts."""
     from benchmarks.measure import latency_stats
     from benchmarks.memory import MemorySampler, tree_memory
-    from benchmarks.server import (check_response, closed_loop, closed_loop_calls, model_stats, request_pool,
-                                   stats_diff)
+    from benchmarks.server import check_response, closed_loop, closed_loop_calls, request_pool
     from phoenix_runtime.manifest import PIPELINE
     from serving.client import PhoenixClient
     from serving.pipeline import read_sequence, run_pipeline
@@ -239,7 +253,7 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
             call = _pipeline_call(client, seq)
             for _ in range(WARMUP):
                 call()
-            before = model_stats(client.triton)
+            before = stable_stats(client.triton)
             samples = _time(call, args.runs, warmup=0)
             stats = settled_stats(client.triton, before, PIPELINE, len(samples))
             out["pipeline"] = {**quantiles(samples), "triton": stats.get(PIPELINE)}
@@ -249,7 +263,7 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
                 step(f"served pipeline, closed loop, concurrency {c}")
                 clients = [PhoenixClient(url) for _ in range(c)]
                 try:
-                    before = model_stats(client.triton)
+                    before = stable_stats(client.triton)
                     res = closed_loop_calls([_pipeline_call(k, seq) for k in clients], args.step_seconds)
                     stats = settled_stats(client.triton, before, PIPELINE, len(res["latencies_s"]))
                 finally:
@@ -272,9 +286,9 @@ def measure_served(repo: Path, sequence: Path, args, step) -> dict:
                 check_response(model, client.infer(requests[0], model=model), 1, MINI_CANDIDATES)
                 for r in requests[:WARMUP]:
                     client.infer(r, model=model)
-                before = model_stats(client.triton)
+                before = stable_stats(client.triton)
                 res = closed_loop(url, model, requests, 1, args.step_seconds)
-                stats = stats_diff(before, model_stats(client.triton))
+                stats = settled_stats(client.triton, before, model, len(res["latencies_s"]))
                 if res["errors"]:
                     raise RuntimeError(f"{model}: {res['errors'][0]}")
                 lat = latency_stats(res["latencies_s"])

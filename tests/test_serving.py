@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from functools import partial
@@ -362,7 +363,13 @@ def test_good_requests_batched_with_bad_ones_are_unaffected(server, models, mani
                 c.triton.async_infer("phoenix", feed, partial(callback, n))
             for _ in jobs:
                 assert done.acquire(timeout=60), "a response never came back"
-            stats1 = c.triton.get_inference_statistics("phoenix", as_json=True)["model_stats"][0]
+            deadline = time.monotonic() + 5        # Triton counts a request a moment after its answer
+            while True:
+                stats1 = c.triton.get_inference_statistics("phoenix", as_json=True)["model_stats"][0]
+                counted = int(stats1.get("inference_count", 0)) - int(stats0.get("inference_count", 0))
+                if counted >= len(jobs) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
             for n, (kind, i) in enumerate(jobs):
                 result, error = answers[n]
                 if kind == "good":
