@@ -30,12 +30,12 @@ import numpy as np
 from export.artifacts import ArtifactsError, Corpus, read_corpus
 from phoenix_runtime import ann
 from phoenix_runtime.manifest import RETRIEVAL, Artifact, ManifestError, model_path, read_manifest, write_manifest
+from phoenix_runtime.retrieval import CORPUS_FILES, INDEX_FILE
 from phoenix_runtime.topk import quantize_corpus
 
 HNSW_NEIGHBOURS = 32        # graph degree M: recall vs memory
 HNSW_EF_CONSTRUCTION = 200
 HNSW_EF_SEARCH = 400        # search breadth at serve time: recall vs latency (K = 200 needs ef >= K)
-FILES = ("corpus.npy", "corpus_post_ids.npy", "corpus_author_ids.npy", "corpus_topics.npy")
 INDEX_CHOICES = (*ann.KINDS, *ann.ALIASES)
 SCAN_FILE = "corpus_scan.onnx"
 SCAN_OPSET = 17
@@ -70,16 +70,24 @@ def _faiss():
 
 def parse_index_params(kind: str, items) -> dict[str, int]:
     """`KEY=VALUE` strings -> {key: int} for index `kind`; IndexParamError naming the bad item."""
+    options = {}
+    for item in items:
+        key, eq, value = str(item).partition("=")
+        if not eq:
+            raise IndexParamError(f"--index-param {item!r}: expected KEY=VALUE, e.g. nprobe=64")
+        options[key.strip()] = value
+    return check_index_options(kind, options)
+
+
+def check_index_options(kind: str, options: dict) -> dict[str, int]:
+    """{key: int} of index `kind`'s options (values int or their text); IndexParamError naming a key the kind
+    does not take, or a value that is no integer or out of range."""
     try:
         kind = ann.canonical_kind(kind)
     except ValueError as e:
         raise IndexParamError(str(e)) from None
     allowed, out = INDEX_PARAMS[kind], {}
-    for item in items:
-        key, eq, value = str(item).partition("=")
-        key = key.strip()
-        if not eq:
-            raise IndexParamError(f"--index-param {item!r}: expected KEY=VALUE, e.g. nprobe=64")
+    for key, value in options.items():
         if key not in allowed:
             raise IndexParamError(f"--index-param {key!r}: the {kind} index takes "
                                   f"{', '.join(allowed) if allowed else 'no parameters'}")
@@ -178,15 +186,14 @@ def write_corpus_scan(representations: np.ndarray, path: Path, root: Path) -> Ar
 def write_corpus(corpus: Corpus, root: Path, index: str, options: dict | None = None) -> tuple[list[Artifact], dict]:
     """The corpus files beside phoenix_retrieval's model.py (+ the FAISS index); their artifacts and the
     retrieval record's index fields (`index`, `index_params`, `index_options`)."""
-    options = dict(options or {})
-    parse_index_params(index, [f"{key}={v}" for key, v in options.items()])     # a kind's own keys only
+    options = check_index_options(index, options or {})                        # a kind's own keys only
     kind = ann.canonical_kind(index)
     n, d = corpus.representations.shape
     params = index_params(kind, n, d, options)                                  # checked before any file is written
     if kind != "exact":
         _faiss()
     keep_floats = kind != "ivfpq" or params["rescore"] > 0
-    arrays = dict(zip(FILES, (corpus.representations if keep_floats else None, corpus.post_ids,
+    arrays = dict(zip(CORPUS_FILES, (corpus.representations if keep_floats else None, corpus.post_ids,
                               corpus.author_ids, corpus.topics)))
     arts = []
     for name, array in arrays.items():
@@ -201,7 +208,7 @@ def write_corpus(corpus: Corpus, root: Path, index: str, options: dict | None = 
     scan.unlink(missing_ok=True)
     if kind == "exact":                  # the exact search's int8 scan; an index searches by itself
         arts.append(write_corpus_scan(corpus.representations, scan, root))
-    path = root / model_path(RETRIEVAL, ann.INDEX_FILE)
+    path = root / model_path(RETRIEVAL, INDEX_FILE)
     path.unlink(missing_ok=True)
     if kind != "exact":
         t0 = time.perf_counter()

@@ -23,16 +23,12 @@ copies whole into the repository; phoenix_runtime.retrieval.ServedCorpus searche
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .topk import MASKED_SCORE
+from .topk import MASKED_SCORE, exact_scores
 
 KINDS = ("exact", "hnsw", "ivfpq")
 ALIASES = {"faiss": "hnsw"}                # `faiss` named the HNSW index before ivfpq existed
-INDEX_FILE = "corpus.faiss"
-CORPUS_FILE = "corpus.npy"
 WIDEN = 4                                  # an IVF search that found too few rows probes WIDEN x more lists
 
 
@@ -45,17 +41,17 @@ def canonical_kind(name: str) -> str:
     return kind
 
 
-def load(folder, record: dict) -> "IndexSearch":
-    """The index of phoenix_retrieval's `record` (the manifest's) from `folder`, with corpus.npy when it rescores."""
+def load(index_path, record: dict, vectors_path) -> "IndexSearch":
+    """The index at `index_path` of phoenix_retrieval's `record` (the manifest's), with the float32 corpus at
+    `vectors_path` (memory-mapped) when it rescores."""
     import faiss
 
-    folder = Path(folder)
-    index = faiss.read_index(str(folder / INDEX_FILE))
+    index = faiss.read_index(str(index_path))
     if int(index.ntotal) != int(record["corpus_rows"]):
-        raise ValueError(f"{folder / INDEX_FILE} holds {index.ntotal} rows, the manifest says {record['corpus_rows']}: "
+        raise ValueError(f"{index_path} holds {index.ntotal} rows, the manifest says {record['corpus_rows']}: "
                          f"rebuild, or swap the corpus with export.corpus")
     rescore = record.get("index_params", {}).get("rescore", 0)
-    return IndexSearch(index, record["index"], MappedRows(folder / CORPUS_FILE) if rescore else None, rescore)
+    return IndexSearch(index, record["index"], MappedRows(vectors_path) if rescore else None, rescore)
 
 
 class MappedRows:
@@ -165,7 +161,8 @@ class IndexSearch:
         rows = np.unique(safe)                                        # sorted: the file is read in order
         vectors = (self.corpus.read(rows) if isinstance(self.corpus, MappedRows) else
                    np.asarray(self.corpus[rows], dtype=np.float32))[np.searchsorted(rows, safe)]      # [B, R*k, D]
-        exact = np.where(found, np.einsum("bkd,bd->bk", vectors, users), -np.inf).astype(np.float32)
+        scored = np.stack([exact_scores(users[b:b + 1], vectors[b])[0] for b in range(len(users))])
+        exact = np.where(found, scored, -np.inf).astype(np.float32)
         order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(exact, order, 1), np.take_along_axis(idx, order, 1)
 

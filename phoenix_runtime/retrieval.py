@@ -25,6 +25,12 @@ from .host import resident
 from .manifest import RETRIEVAL, VERSION, ManifestError, find_artifact
 from .topk import Int8Scan, PrunedSearch, check_mask, check_top_k
 
+# The corpus files beside phoenix_retrieval's model.py (export.corpus writes them)
+VECTORS_FILE, POST_IDS_FILE, AUTHOR_IDS_FILE, TOPICS_FILE = (
+    "corpus.npy", "corpus_post_ids.npy", "corpus_author_ids.npy", "corpus_topics.npy")
+CORPUS_FILES = (VECTORS_FILE, POST_IDS_FILE, AUTHOR_IDS_FILE, TOPICS_FILE)
+INDEX_FILE = "corpus.faiss"                # the FAISS index of an hnsw or ivfpq build
+
 
 def _int8_scan(root: Path, manifest: dict):
     """The build's Int8Scan of this corpus, or None (an older build, or no onnxruntime here: float32 scan)."""
@@ -38,9 +44,9 @@ def _int8_scan(root: Path, manifest: dict):
 class ServedCorpus:
     def __init__(self, folder: Path, record: dict, search, index=None):
         self.record, self.max_k = record, int(record["top_k"])
-        self.post_ids = np.load(folder / "corpus_post_ids.npy", mmap_mode="r")     # only returned rows are read
-        self.author_ids = np.load(folder / "corpus_author_ids.npy", mmap_mode="r")
-        topics = folder / "corpus_topics.npy"
+        self.post_ids = np.load(folder / POST_IDS_FILE, mmap_mode="r")     # only returned rows are read
+        self.author_ids = np.load(folder / AUTHOR_IDS_FILE, mmap_mode="r")
+        topics = folder / TOPICS_FILE
         self.topics = np.load(topics) if topics.exists() else None
         self.search, self.index = search, index
         self.rows = len(self.post_ids)
@@ -51,8 +57,8 @@ class ServedCorpus:
         folder = root / RETRIEVAL / VERSION
         record = manifest["served"][RETRIEVAL]
         if ann.canonical_kind(record["index"]) != "exact":
-            return cls(folder, record, None, ann.load(folder, record))
-        corpus = resident(np.load(folder / "corpus.npy", mmap_mode="r"))    # rescored rows: no page faults
+            return cls(folder, record, None, ann.load(folder / INDEX_FILE, record, folder / VECTORS_FILE))
+        corpus = resident(np.load(folder / VECTORS_FILE, mmap_mode="r"))    # rescored rows: no page faults
         return cls(folder, record, PrunedSearch(corpus, _int8_scan(root, manifest)))
 
     def options(self, top_k, corpus_mask, users: int) -> tuple[int, np.ndarray | None]:

@@ -17,6 +17,7 @@ from export import corpus as corpus_cli
 from export.artifacts import Corpus
 from phoenix_runtime import ann
 from phoenix_runtime.manifest import MANIFEST, RETRIEVAL, model_path, read_manifest, verify
+from phoenix_runtime.retrieval import INDEX_FILE, VECTORS_FILE
 from serving.client import PhoenixClient
 from serving.server import TritonServer
 
@@ -77,8 +78,8 @@ def test_the_build_takes_the_index_options():
 @pytest.fixture(scope="module")
 def search(repo):
     """The build's index, loaded as phoenix_retrieval loads it (rescore 4 from the memory-mapped corpus.npy)."""
-    return ann.load(repo / model_path(RETRIEVAL, ""),
-                    read_manifest(repo)["served"][RETRIEVAL])
+    return ann.load(repo / model_path(RETRIEVAL, INDEX_FILE), read_manifest(repo)["served"][RETRIEVAL],
+                    repo / model_path(RETRIEVAL, VECTORS_FILE))
 
 
 def test_recall_against_exact_on_a_structured_corpus(search, corpus):
@@ -126,7 +127,7 @@ def test_the_index_written_is_the_one_the_manifest_names(repo):
     rec = m["served"][RETRIEVAL]
     assert (rec["index"], rec["corpus_rows"], rec["index_options"]) == ("ivfpq", POSTS, {})
     folder = repo / model_path(RETRIEVAL, "")
-    index = faiss.read_index(str(folder / ann.INDEX_FILE))
+    index = faiss.read_index(str(folder / INDEX_FILE))
     assert rec["index_params"] == {"nlist": 128, "m": 32, "nbits": 8, "nprobe": 8, "rescore": 4}   # derived from N
     assert (index.nlist, index.pq.M, index.nprobe, index.ntotal) == (128, 32, 8, POSTS)   # nprobe kept in the file
     assert verify(repo) == [] and (folder / "phoenix_runtime" / "ann.py").exists()
@@ -135,7 +136,7 @@ def test_the_index_written_is_the_one_the_manifest_names(repo):
 def test_served_ivfpq_retrieval_equals_the_index_and_honours_masks(server, repo, corpus):
     _, c = corpus
     rec = read_manifest(repo)["served"][RETRIEVAL]
-    local = ann.load(repo / model_path(RETRIEVAL, ""), rec)
+    local = ann.load(repo / model_path(RETRIEVAL, INDEX_FILE), rec, repo / model_path(RETRIEVAL, VECTORS_FILE))
     with PhoenixClient(server.grpc_url) as client:
         got = client.retrieve(user_id=42, history=[(5, 1, ["favorite"], 2), (9, 3, ["reply"], 0)])
         user = got["user_representation"][None]
@@ -160,7 +161,7 @@ def test_swapping_the_corpus_keeps_the_index_kind(server, repo, tmp_path):
     rec = read_manifest(repo)["served"][RETRIEVAL]
     assert (rec["index"], rec["corpus_rows"], rec["index_options"]) == ("ivfpq", 5000, {"rescore": 0})
     assert rec["index_params"]["nlist"] == 64 and verify(repo) == []
-    assert not (repo / model_path(RETRIEVAL, ann.CORPUS_FILE)).exists()   # never read now
+    assert not (repo / model_path(RETRIEVAL, VECTORS_FILE)).exists()   # never read now
     assert corpus_cli.main(["--repository", str(repo), "--corpus", str(half)]) == 0
     assert read_manifest(repo)["served"][RETRIEVAL]["index_options"] == {"rescore": 0}
     with PhoenixClient(server.grpc_url) as client:

@@ -89,6 +89,9 @@ def _triton(protocol: str):
 
 def ids_array(values, what: str) -> np.ndarray:
     """Raw ids (non-negative integers up to 2^64 - 1) -> uint64."""
+    values = list(values)
+    if values and all(type(v) is int for v in values) and min(values) >= 0 and max(values) < 1 << 64:
+        return np.array(values, dtype=np.uint64)            # the common case, in one step
     out = []
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or int(v) < 0 or int(v) >= 1 << 64:
@@ -99,14 +102,13 @@ def ids_array(values, what: str) -> np.ndarray:
 
 def raw_id_column(spec: dict, items: list[dict]) -> np.ndarray | None:
     """The raw ids of field `spec` (a uint64 input the server hashes) of every item at once, when each item has a
-    valid one (the common case, in one step); None otherwise: the field goes item by item, which names the bad
-    item."""
+    valid one (the common case); None otherwise: the field goes item by item, which names the bad item."""
     if spec["dtype"] != "uint64" or spec.get("check") == "hash" or not items:
         return None
-    values = [it.get(spec["key"]) for it in items]
-    if not all(type(v) is int for v in values) or min(values) < 0 or max(values) >= 1 << 64:
+    try:
+        return ids_array([it.get(spec["key"]) for it in items], spec["key"])
+    except PhoenixInputError:
         return None
-    return np.array(values, dtype=np.uint64)
 
 
 _TRITON_DTYPES = {"int32": "INT32", "int64": "INT64", "uint64": "UINT64", "float32": "FP32", "bool": "BOOL"}
